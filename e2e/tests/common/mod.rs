@@ -1,0 +1,381 @@
+//! Shared helpers for the end-to-end tests: clients for both API versions,
+//! raw gRPC stubs with a correctly addressed `kvrpcpb::Context`, and polling.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use shale_e2e::Cluster;
+use shale_proto::keyspacepb::keyspace_client::KeyspaceClient;
+use shale_proto::kvrpcpb::{self, ApiVersion};
+use shale_proto::metapb;
+use shale_proto::pdpb::{self, pd_client::PdClient};
+use shale_proto::tikvpb::tikv_client::TikvClient;
+use tikv_client::{
+    Backoff, CheckLevel, Config, KvPair, RawClient, RetryOptions, Timestamp, TimestampExt,
+    TransactionClient, TransactionOptions,
+};
+use tonic::transport::Channel;
+
+/// The two client API versions Shale serves side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `RawClient::new` / `TransactionClient::new`: keys used verbatim.
+    V1,
+    /// `Config::default().with_default_keyspace()`: keys carry the keyspace prefix.
+    V2,
+}
+
+pub const BOTH_APIS: [Api; 2] = [Api::V1, Api::V2];
+
+impl Api {
+    pub fn config(self) -> Config {
+        match self {
+            Api::V1 => Config::default(),
+            Api::V2 => Config::default().with_default_keyspace(),
+        }
+    }
+
+    pub fn proto(self) -> ApiVersion {
+        match self {
+            Api::V1 => ApiVersion::V1,
+            Api::V2 => ApiVersion::V2,
+        }
+    }
+}
+
+pub async fn raw_client(cluster: &Cluster, api: Api) -> Result<RawClient> {
+    let client = match api {
+        Api::V1 => RawClient::new(cluster.pd_endpoints()).await,
+        Api::V2 => RawClient::new_with_config(cluster.pd_endpoints(), api.config()).await,
+    };
+    client.with_context(|| format!("connecting a {api:?} raw client"))
+}
+
+pub async fn txn_client(cluster: &Cluster, api: Api) -> Result<TransactionClient> {
+    let client = match api {
+        Api::V1 => TransactionClient::new(cluster.pd_endpoints()).await,
+        Api::V2 => TransactionClient::new_with_config(cluster.pd_endpoints(), api.config()).await,
+    };
+    client.with_context(|| format!("connecting a {api:?} transaction client"))
+}
+
+/// Optimistic options that only warn when a failed transaction is dropped
+/// (the default panics in `Drop`, which hides the real failure).
+pub fn optimistic() -> TransactionOptions {
+    TransactionOptions::new_optimistic().drop_check(CheckLevel::Warn)
+}
+
+pub fn pessimistic() -> TransactionOptions {
+    TransactionOptions::new_pessimistic().drop_check(CheckLevel::Warn)
+}
+
+/// Lock backoff long enough to outwait a lock TTL of a few seconds.
+pub fn patient() -> RetryOptions {
+    RetryOptions::new(
+        Backoff::no_jitter_backoff(2, 500, 10),
+        Backoff::no_jitter_backoff(50, 500, 40),
+    )
+}
+
+/// Keys of `pairs` as strings, for readable assertions.
+pub fn keys_of(pairs: &[KvPair]) -> Vec<String> {
+    pairs
+        .iter()
+        .map(|p| String::from_utf8_lossy(p.key().into()).into_owned())
+        .collect()
+}
+
+/// `key` as UTF-8 bytes.
+pub fn k(key: &str) -> Vec<u8> {
+    key.as_bytes().to_vec()
+}
+
+/// Reads `key` in a fresh optimistic transaction at the current timestamp.
+pub async fn read(client: &TransactionClient, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    let ts = client.current_timestamp().await?;
+    let mut snapshot = client.snapshot(ts, optimistic());
+    Ok(snapshot.get(key.to_vec()).await?)
+}
+
+/// Commits one optimistic transaction putting every pair.
+pub async fn commit_puts(
+    client: &TransactionClient,
+    pairs: &[(Vec<u8>, Vec<u8>)],
+) -> Result<Timestamp> {
+    let mut txn = client.begin_with_options(optimistic()).await?;
+    for (key, value) in pairs {
+        txn.put(key.clone(), value.clone()).await?;
+    }
+    match txn.commit().await {
+        Ok(Some(ts)) => Ok(ts),
+        Ok(None) => bail!("commit of a non-empty transaction returned no commit timestamp"),
+        Err(e) => {
+            let _ = txn.rollback().await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Polls `check` until it returns `Ok(true)` or `timeout` passes; the last
+/// error or `false` becomes the failure.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let outcome = check().await;
+        match outcome {
+            Ok(true) => return Ok(()),
+            Ok(false) if Instant::now() > deadline => {
+                bail!("{what}: still false after {timeout:?}")
+            }
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("{what}: still failing after {timeout:?}")))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// A gRPC channel to a `host:port`.
+pub async fn channel(addr: &str) -> Result<Channel> {
+    Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+pub async fn tikv_stub(addr: &str) -> Result<TikvClient<Channel>> {
+    Ok(TikvClient::new(channel(addr).await?).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+pub async fn pd_stub(cluster: &Cluster) -> Result<(PdClient<Channel>, pdpb::RequestHeader)> {
+    let mut pd = PdClient::new(channel(&cluster.pd_addr).await?);
+    let members = pd
+        .get_members(pdpb::GetMembersRequest::default())
+        .await?
+        .into_inner();
+    let cluster_id = members.header.map(|h| h.cluster_id).unwrap_or_default();
+    if cluster_id == 0 {
+        bail!("placement GetMembers returned no cluster id");
+    }
+    let header = pdpb::RequestHeader {
+        cluster_id,
+        sender_id: 0,
+    };
+    Ok((pd, header))
+}
+
+/// Placement's GC safe point (pdpb GetGCSafePoint).
+pub async fn gc_safe_point(cluster: &Cluster) -> Result<u64> {
+    let (mut pd, header) = pd_stub(cluster).await?;
+    let resp = pd
+        .get_gc_safe_point(pdpb::GetGcSafePointRequest {
+            header: Some(header),
+        })
+        .await?
+        .into_inner();
+    if let Some(err) = resp.header.and_then(|h| h.error) {
+        bail!("GetGCSafePoint error: {err:?}");
+    }
+    Ok(resp.safe_point)
+}
+
+/// The Region holding `region_key` (Region space) and its leader, from placement.
+pub async fn region_for(
+    cluster: &Cluster,
+    region_key: &[u8],
+) -> Result<(metapb::Region, metapb::Peer)> {
+    let (mut pd, header) = pd_stub(cluster).await?;
+    let resp = pd
+        .get_region(pdpb::GetRegionRequest {
+            header: Some(header),
+            region_key: region_key.to_vec(),
+            need_buckets: false,
+        })
+        .await?
+        .into_inner();
+    if let Some(err) = resp.header.and_then(|h| h.error) {
+        bail!("GetRegion error: {err:?}");
+    }
+    let region = resp.region.context("GetRegion returned no region")?;
+    let leader = match resp.leader {
+        Some(l) if l.id != 0 => l,
+        _ => region
+            .peers
+            .first()
+            .cloned()
+            .context("GetRegion returned a region without peers")?,
+    };
+    Ok((region, leader))
+}
+
+/// The id placement gives the DEFAULT keyspace (what API V2 clients use).
+pub async fn default_keyspace_id(cluster: &Cluster) -> Result<u32> {
+    let (_, header) = pd_stub(cluster).await?;
+    let mut ks = KeyspaceClient::new(channel(&cluster.pd_addr).await?);
+    let resp = ks
+        .load_keyspace(shale_proto::keyspacepb::LoadKeyspaceRequest {
+            header: Some(header),
+            name: "DEFAULT".into(),
+        })
+        .await?
+        .into_inner();
+    Ok(resp
+        .keyspace
+        .context("LoadKeyspace returned no keyspace")?
+        .id)
+}
+
+/// Everything a hand-made request needs to reach the single Region correctly.
+pub struct Target {
+    pub api: Api,
+    pub keyspace_id: u32,
+    pub region: metapb::Region,
+    pub leader: metapb::Peer,
+    pub stub: TikvClient<Channel>,
+}
+
+impl Target {
+    /// Addresses the cluster's (only) Region through its leader's store.
+    pub async fn new(cluster: &Cluster, api: Api) -> Result<Self> {
+        let (region, leader) = region_for(cluster, b"").await?;
+        let keyspace_id = match api {
+            Api::V1 => 0,
+            Api::V2 => default_keyspace_id(cluster).await?,
+        };
+        let store = store_index(cluster, leader.store_id).await?;
+        let stub = tikv_stub(&cluster.store_addrs[store]).await?;
+        Ok(Target {
+            api,
+            keyspace_id,
+            region,
+            leader,
+            stub,
+        })
+    }
+
+    pub fn ctx(&self) -> kvrpcpb::Context {
+        kvrpcpb::Context {
+            region_id: self.region.id,
+            region_epoch: self.region.region_epoch,
+            peer: Some(self.leader),
+            api_version: self.api.proto() as i32,
+            keyspace_id: self.keyspace_id,
+            ..Default::default()
+        }
+    }
+
+    fn prefixed(&self, mode: u8, key: &[u8]) -> Vec<u8> {
+        match self.api {
+            Api::V1 => key.to_vec(),
+            Api::V2 => {
+                let id = self.keyspace_id.to_be_bytes();
+                let mut out = vec![mode, id[1], id[2], id[3]];
+                out.extend_from_slice(key);
+                out
+            }
+        }
+    }
+
+    /// The wire form of a transactional user key (what the client sends).
+    pub fn txn_key(&self, key: &[u8]) -> Vec<u8> {
+        self.prefixed(b'x', key)
+    }
+
+    /// The wire form of a raw user key (what the client sends).
+    pub fn raw_key(&self, key: &[u8]) -> Vec<u8> {
+        self.prefixed(b'r', key)
+    }
+
+    /// Prewrites `mutations` (user keys) at `start_ts` and never commits them:
+    /// an abandoned transaction whose locks stay behind.
+    pub async fn prewrite(
+        &mut self,
+        mutations: &[(Vec<u8>, Vec<u8>)],
+        primary: &[u8],
+        start_ts: u64,
+        lock_ttl_ms: u64,
+        async_commit: bool,
+    ) -> Result<kvrpcpb::PrewriteResponse> {
+        let secondaries = if async_commit {
+            mutations
+                .iter()
+                .filter(|(key, _)| key.as_slice() != primary)
+                .map(|(key, _)| self.txn_key(key))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let req = kvrpcpb::PrewriteRequest {
+            context: Some(self.ctx()),
+            mutations: mutations
+                .iter()
+                .map(|(key, value)| kvrpcpb::Mutation {
+                    op: kvrpcpb::Op::Put as i32,
+                    key: self.txn_key(key),
+                    value: value.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            primary_lock: self.txn_key(primary),
+            start_version: start_ts,
+            lock_ttl: lock_ttl_ms,
+            txn_size: mutations.len() as u64,
+            min_commit_ts: if async_commit { start_ts + 1 } else { 0 },
+            use_async_commit: async_commit,
+            secondaries,
+            ..Default::default()
+        };
+        let resp = self.stub.kv_prewrite(req).await?.into_inner();
+        if let Some(err) = &resp.region_error {
+            bail!("prewrite got a region error: {err:?}");
+        }
+        if !resp.errors.is_empty() {
+            bail!("prewrite got key errors: {:?}", resp.errors);
+        }
+        Ok(resp)
+    }
+}
+
+/// Which of the cluster's processes is the store with `store_id`.
+pub async fn store_index(cluster: &Cluster, store_id: u64) -> Result<usize> {
+    for (i, addr) in cluster.store_status_addrs.iter().enumerate() {
+        if let Ok((200, body)) = shale_e2e::http_get(addr, "/status").await {
+            let status: serde_json::Value = serde_json::from_str(&body)
+                .with_context(|| format!("store {i} /status is not JSON: {body}"))?;
+            if status["store_id"].as_u64() == Some(store_id) {
+                return Ok(i);
+            }
+        }
+    }
+    bail!("no running store has id {store_id}")
+}
+
+/// The store id a storage node reports on `/status`.
+pub async fn store_id(cluster: &Cluster, i: usize) -> Result<u64> {
+    let (code, body) = shale_e2e::http_get(&cluster.store_status_addrs[i], "/status").await?;
+    if code != 200 {
+        bail!("store {i} /status answered {code}: {body}");
+    }
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    status["store_id"]
+        .as_u64()
+        .with_context(|| format!("store {i} /status has no store_id: {body}"))
+}
+
+/// A timestamp's physical part in milliseconds.
+pub fn physical_ms(ts: &Timestamp) -> i64 {
+    ts.physical
+}
+
+/// A version number as a client timestamp.
+pub fn ts_from(version: u64) -> Timestamp {
+    Timestamp::from_version(version)
+}

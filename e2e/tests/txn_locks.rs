@@ -1,0 +1,384 @@
+//! Abandoned transactions and cleanup through the official `tikv-client`, in
+//! API V1 and API V2: lock TTL and resolution, scan_locks, cleanup_locks
+//! (rolling back 2PC orphans, committing complete async-commit ones), the GC
+//! safe point and the store's GC, and unsafe_destroy_range.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use common::{
+    commit_puts, eventually, gc_safe_point, k, keys_of, optimistic, patient, read, ts_from,
+    txn_client, Api, Target, BOTH_APIS,
+};
+use shale_e2e::Cluster;
+use tikv_client::transaction::ResolveLocksOptions;
+use tikv_client::{KvPair, TimestampExt, TransactionClient};
+
+// ---------------------------------------------------------------------------
+// Abandoned transactions: lock TTL, resolution, scan_locks, cleanup_locks
+
+async fn abandoned_lock_is_resolved(cluster: &Cluster, api: Api) -> Result<()> {
+    const TTL_MS: u64 = 1500;
+    let client = txn_client(cluster, api).await?;
+    let mut target = Target::new(cluster, api).await?;
+    commit_puts(
+        &client,
+        &[(k("l/1"), k("committed")), (k("l/2"), k("committed"))],
+    )
+    .await?;
+
+    // A client prewrites two keys and dies before committing.
+    let begun = Instant::now();
+    let start = client.current_timestamp().await?.version();
+    target
+        .prewrite(
+            &[(k("l/1"), k("abandoned")), (k("l/2"), k("abandoned"))],
+            b"l/1",
+            start,
+            TTL_MS,
+            false,
+        )
+        .await?;
+
+    let now = client.current_timestamp().await?;
+    let locks = client.scan_locks(&now, k("l/")..k("l0"), 100).await?;
+    let keys: BTreeSet<Vec<u8>> = locks.iter().map(|l| l.key.clone()).collect();
+    assert_eq!(keys, BTreeSet::from([k("l/1"), k("l/2")]), "scan_locks");
+    for lock in &locks {
+        assert_eq!(lock.lock_version, start);
+        assert_eq!(lock.primary_lock, k("l/1"));
+        assert_eq!(lock.lock_ttl, TTL_MS);
+    }
+
+    // While the lock lives, a reader that may not wait must fail, not read
+    // around it.
+    let mut hasty = client
+        .begin_with_options(optimistic().no_resolve_locks())
+        .await?;
+    let early = hasty.get(k("l/1")).await;
+    assert!(
+        begun.elapsed() < Duration::from_millis(TTL_MS),
+        "test too slow to check a live lock"
+    );
+    assert!(early.is_err(), "read through a live lock: {early:?}");
+    let _ = hasty.rollback().await;
+
+    // A patient reader waits for the TTL, rolls the orphan back and reads the
+    // last committed value.
+    let mut reader = client
+        .begin_with_options(optimistic().retry_options(patient()))
+        .await?;
+    assert_eq!(reader.get(k("l/1")).await?, Some(k("committed")));
+    assert!(
+        begun.elapsed() >= Duration::from_millis(TTL_MS - 100),
+        "lock of a live transaction rolled back after {:?} (TTL {TTL_MS} ms)",
+        begun.elapsed()
+    );
+    assert_eq!(
+        reader.get(k("l/2")).await?,
+        Some(k("committed")),
+        "secondary"
+    );
+    reader.rollback().await?;
+    let now = client.current_timestamp().await?;
+    let left = client.scan_locks(&now, k("l/")..k("l0"), 100).await?;
+    assert!(left.is_empty(), "locks left after resolution: {left:?}");
+
+    // A writer blocked by an orphan lock gets through after the TTL.
+    let begun = Instant::now();
+    let start = client.current_timestamp().await?.version();
+    target
+        .prewrite(
+            &[(k("l/2"), k("abandoned-again"))],
+            b"l/2",
+            start,
+            TTL_MS,
+            false,
+        )
+        .await?;
+    let mut writer = client
+        .begin_with_options(optimistic().retry_options(patient()))
+        .await?;
+    writer.put(k("l/2"), k("written-after-ttl")).await?;
+    writer
+        .commit()
+        .await
+        .context("writer blocked by an expired lock")?;
+    assert!(begun.elapsed() >= Duration::from_millis(TTL_MS - 100));
+    assert_eq!(read(&client, b"l/2").await?, Some(k("written-after-ttl")));
+    Ok(())
+}
+
+async fn scan_and_cleanup_locks(cluster: &Cluster, api: Api) -> Result<()> {
+    let client = txn_client(cluster, api).await?;
+    let mut target = Target::new(cluster, api).await?;
+    commit_puts(
+        &client,
+        &[
+            (k("c/1"), k("old")),
+            (k("c/2"), k("old")),
+            (k("c/3"), k("old")),
+        ],
+    )
+    .await?;
+
+    // An abandoned 2PC transaction with a long TTL...
+    let start_2pc = client.current_timestamp().await?.version();
+    target
+        .prewrite(
+            &[(k("c/1"), k("2pc")), (k("c/2"), k("2pc"))],
+            b"c/1",
+            start_2pc,
+            60_000,
+            false,
+        )
+        .await?;
+    // ...and an abandoned async-commit transaction whose every lock is written.
+    let start_ac = client.current_timestamp().await?.version();
+    let resp = target
+        .prewrite(
+            &[(k("c/3"), k("ac")), (k("c/4"), k("ac"))],
+            b"c/3",
+            start_ac,
+            60_000,
+            true,
+        )
+        .await?;
+    assert!(
+        resp.min_commit_ts > start_ac,
+        "async-commit prewrite must return min_commit_ts > start_ts, got {}",
+        resp.min_commit_ts
+    );
+
+    let safepoint = client.current_timestamp().await?;
+    let locks = client.scan_locks(&safepoint, k("c/")..k("c0"), 100).await?;
+    let found: BTreeMap<Vec<u8>, u64> = locks
+        .iter()
+        .map(|l| (l.key.clone(), l.lock_version))
+        .collect();
+    assert_eq!(
+        found,
+        BTreeMap::from([
+            (k("c/1"), start_2pc),
+            (k("c/2"), start_2pc),
+            (k("c/3"), start_ac),
+            (k("c/4"), start_ac),
+        ]),
+        "scan_locks"
+    );
+    for lock in locks.iter().filter(|l| l.lock_version == start_ac) {
+        assert!(
+            lock.use_async_commit,
+            "async-commit lock not marked: {lock:?}"
+        );
+    }
+    // scan_locks only returns locks at or below its max version.
+    let below = client
+        .scan_locks(&ts_from(start_2pc - 1), k("c/")..k("c0"), 100)
+        .await?;
+    assert!(below.is_empty(), "locks newer than max_version: {below:?}");
+    let only_2pc = client
+        .scan_locks(&ts_from(start_2pc), k("c/")..k("c0"), 100)
+        .await?;
+    assert_eq!(
+        only_2pc.len(),
+        2,
+        "scan_locks at the first txn's ts: {only_2pc:?}"
+    );
+    // ...and honours its limit.
+    let limited = client.scan_locks(&safepoint, k("c/")..k("c0"), 3).await?;
+    assert_eq!(limited.len(), 3, "scan_locks limit 3: {limited:?}");
+
+    let result = client
+        .cleanup_locks(
+            k("c/")..k("c0"),
+            &safepoint,
+            ResolveLocksOptions {
+                async_commit_only: false,
+                batch_size: 100,
+            },
+        )
+        .await?;
+    assert_eq!(result.resolved_locks, 4, "cleanup_locks resolved count");
+    let after = client.current_timestamp().await?;
+    let left = client.scan_locks(&after, k("c/")..k("c0"), 100).await?;
+    assert!(left.is_empty(), "locks left after cleanup_locks: {left:?}");
+
+    // The 2PC orphan was rolled back, the complete async-commit one committed.
+    assert_eq!(read(&client, b"c/1").await?, Some(k("old")));
+    assert_eq!(read(&client, b"c/2").await?, Some(k("old")));
+    assert_eq!(read(&client, b"c/3").await?, Some(k("ac")));
+    assert_eq!(read(&client, b"c/4").await?, Some(k("ac")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_abandoned_locks_scan_locks_and_cleanup_locks() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let logs = cluster.logs_on_failure();
+    for api in BOTH_APIS {
+        abandoned_lock_is_resolved(&cluster, api)
+            .await
+            .with_context(|| format!("{api:?} lock resolution"))?;
+        scan_and_cleanup_locks(&cluster, api)
+            .await
+            .with_context(|| format!("{api:?} scan/cleanup locks"))?;
+    }
+    logs.disarm();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// GC safe point, store GC, unsafe destroy range
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_gc_and_unsafe_destroy_range() -> Result<()> {
+    // The store polls placement's safe point every 300 ms instead of 10 s.
+    let cluster = Cluster::start_with_store_config(1, "gc_interval_ms = 300\n").await?;
+    let logs = cluster.logs_on_failure();
+    let v1 = txn_client(&cluster, Api::V1).await?;
+    let v2 = txn_client(&cluster, Api::V2).await?;
+
+    // Versions on both sides of the safe point.
+    for client in [&v1, &v2] {
+        commit_puts(
+            client,
+            &[
+                (k("g/k"), k("v1")),
+                (k("g/keep"), k("kept")),
+                (k("g/gone"), k("x")),
+            ],
+        )
+        .await?;
+    }
+    let mid = v1.current_timestamp().await?;
+    for client in [&v1, &v2] {
+        commit_puts(client, &[(k("g/k"), k("v2"))]).await?;
+        let mut txn = client.begin_with_options(optimistic()).await?;
+        txn.delete(k("g/gone")).await?;
+        txn.commit().await?;
+    }
+    for client in [&v1, &v2] {
+        let mut old = client.snapshot(mid.clone(), optimistic());
+        assert_eq!(
+            old.get(k("g/k")).await?,
+            Some(k("v1")),
+            "old version before GC"
+        );
+        assert_eq!(old.get(k("g/gone")).await?, Some(k("x")));
+    }
+
+    let safepoint = v1.current_timestamp().await?;
+    assert!(
+        v1.gc(safepoint.clone()).await?,
+        "gc() did not set the requested safe point"
+    );
+    assert_eq!(
+        gc_safe_point(&cluster).await?,
+        safepoint.version(),
+        "placement's safe point"
+    );
+    // The safe point never moves backwards.
+    let older = ts_from(safepoint.version() - (1 << 18));
+    assert!(
+        !v2.gc(older).await?,
+        "gc() with an older safe point reported success"
+    );
+    assert_eq!(
+        gc_safe_point(&cluster).await?,
+        safepoint.version(),
+        "safe point moved back"
+    );
+
+    // The store's GC worker removes versions hidden below the safe point but
+    // keeps the newest version at or below it.
+    for (api, client) in [(Api::V1, &v1), (Api::V2, &v2)] {
+        let mid_ts = mid.clone();
+        eventually(
+            Duration::from_secs(30),
+            "store GC removed old versions",
+            move || {
+                let mid = mid_ts.clone();
+                async move {
+                    let mut old = client.snapshot(mid, optimistic());
+                    let k_old = old.get(k("g/k")).await.ok().flatten();
+                    let gone_old = old.get(k("g/gone")).await.ok().flatten();
+                    Ok(k_old.is_none() && gone_old.is_none())
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("{api:?}"))?;
+        assert_eq!(
+            read(client, b"g/k").await?,
+            Some(k("v2")),
+            "{api:?}: GC removed the live version"
+        );
+        assert_eq!(
+            read(client, b"g/keep").await?,
+            Some(k("kept")),
+            "{api:?}: GC removed an only version"
+        );
+        assert_eq!(read(client, b"g/gone").await?, None, "{api:?}");
+        let mut at_safepoint = client.snapshot(safepoint.clone(), optimistic());
+        assert_eq!(at_safepoint.get(k("g/k")).await?, Some(k("v2")), "{api:?}");
+        assert_eq!(
+            at_safepoint.get(k("g/keep")).await?,
+            Some(k("kept")),
+            "{api:?}"
+        );
+    }
+    // Writes after GC still work.
+    commit_puts(&v1, &[(k("g/k"), k("v3"))]).await?;
+    assert_eq!(read(&v1, b"g/k").await?, Some(k("v3")));
+
+    // unsafe_destroy_range: same user keys in V1 and V2, destroyed one API at a time.
+    for client in [&v1, &v2] {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = ["u/a/0", "u/a/1", "u/a/2", "u/b/0", "u/b/1"]
+            .iter()
+            .map(|key| (k(key), k("data")))
+            .collect();
+        commit_puts(client, &pairs).await?;
+        commit_puts(client, &[(k("u/a/0"), k("data-v2"))]).await?;
+    }
+    let before_destroy = v2.current_timestamp().await?;
+    v2.unsafe_destroy_range(k("u/a")..k("u/b")).await?;
+    let scan = |client: &TransactionClient, ts| {
+        let mut snapshot = client.snapshot(ts, optimistic());
+        async move {
+            let pairs: Vec<KvPair> = snapshot.scan(k("u/")..k("u0"), 100).await?.collect();
+            anyhow::Ok(keys_of(&pairs))
+        }
+    };
+    let now = v2.current_timestamp().await?;
+    assert_eq!(
+        scan(&v2, now.clone()).await?,
+        ["u/b/0", "u/b/1"],
+        "V2 after destroy"
+    );
+    assert_eq!(
+        scan(&v2, before_destroy).await?,
+        ["u/b/0", "u/b/1"],
+        "destroyed range still readable at an older ts"
+    );
+    assert_eq!(
+        scan(&v1, now).await?,
+        ["u/a/0", "u/a/1", "u/a/2", "u/b/0", "u/b/1"],
+        "V2 unsafe_destroy_range touched V1 data"
+    );
+    v1.unsafe_destroy_range(k("u/a")..k("u/b")).await?;
+    let now = v1.current_timestamp().await?;
+    assert_eq!(
+        scan(&v1, now).await?,
+        ["u/b/0", "u/b/1"],
+        "V1 after destroy"
+    );
+    // The range is usable again.
+    commit_puts(&v1, &[(k("u/a/0"), k("again"))]).await?;
+    assert_eq!(read(&v1, b"u/a/0").await?, Some(k("again")));
+    logs.disarm();
+    Ok(())
+}

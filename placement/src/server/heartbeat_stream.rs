@@ -1,0 +1,129 @@
+//! The RegionHeartbeat stream. Heartbeats update the routing table; responses
+//! go back only for errors and for scheduling commands, which a scheduler
+//! pushes to a store through [`HeartbeatStreams`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use shale_proto::pdpb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::header;
+use super::ServerState;
+
+type ResponseSender = mpsc::Sender<Result<pdpb::RegionHeartbeatResponse, Status>>;
+pub type HeartbeatResponseStream = ReceiverStream<Result<pdpb::RegionHeartbeatResponse, Status>>;
+
+/// The latest heartbeat stream of each store, by store id.
+#[derive(Default)]
+pub struct HeartbeatStreams {
+    next_stream_id: AtomicU64,
+    streams: Mutex<HashMap<u64, (u64, ResponseSender)>>,
+}
+
+impl HeartbeatStreams {
+    fn new_stream_id(&self) -> u64 {
+        self.next_stream_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn bind(&self, store_id: u64, stream_id: u64, sender: &ResponseSender) {
+        let mut streams = self.streams.lock();
+        match streams.get(&store_id) {
+            Some((bound, _)) if *bound == stream_id => {}
+            _ => {
+                streams.insert(store_id, (stream_id, sender.clone()));
+            }
+        }
+    }
+
+    fn unbind(&self, stream_id: u64) {
+        self.streams
+            .lock()
+            .retain(|_, (bound, _)| *bound != stream_id);
+    }
+
+    /// Queues a command for `store_id`. False when the store has no open
+    /// stream or it is not keeping up.
+    pub fn send(&self, store_id: u64, response: pdpb::RegionHeartbeatResponse) -> bool {
+        let sender = self.streams.lock().get(&store_id).map(|(_, s)| s.clone());
+        sender.is_some_and(|s| s.try_send(Ok(response)).is_ok())
+    }
+
+    pub fn connected_stores(&self) -> Vec<u64> {
+        let mut stores: Vec<u64> = self.streams.lock().keys().copied().collect();
+        stores.sort_unstable();
+        stores
+    }
+}
+
+pub fn spawn(
+    state: Arc<ServerState>,
+    mut requests: Streaming<pdpb::RegionHeartbeatRequest>,
+) -> HeartbeatResponseStream {
+    let (tx, rx) = mpsc::channel(64);
+    let stream_id = state.heartbeat_streams.new_stream_id();
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = state.shutting_down() => break,
+                _ = tx.closed() => break,
+                next = requests.message() => next,
+            };
+            let request = match next {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(%status, "region heartbeat stream ended by client");
+                    break;
+                }
+            };
+            if let Err(status) = handle(&state, stream_id, &tx, &request).await {
+                let _ = tx.send(Err(status)).await;
+                break;
+            }
+        }
+        state.heartbeat_streams.unbind(stream_id);
+    });
+    ReceiverStream::new(rx)
+}
+
+/// `Err` ends the stream (cluster id mismatch, as PD does); other problems are
+/// reported in a response header and the stream goes on.
+async fn handle(
+    state: &ServerState,
+    stream_id: u64,
+    tx: &ResponseSender,
+    request: &pdpb::RegionHeartbeatRequest,
+) -> Result<(), Status> {
+    let cluster_id = state.cluster_id();
+    header::check_cluster_id(cluster_id, request.header.as_ref())
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    state.metrics.region_heartbeats.inc();
+    if let Some(leader) = &request.leader {
+        state.heartbeat_streams.bind(leader.store_id, stream_id, tx);
+    }
+    if let Err(error) = state.cluster.region_heartbeat(request).await {
+        let region_id = request.region.as_ref().map_or(0, |r| r.id);
+        tracing::debug!(region_id, %error, "region heartbeat rejected");
+        state
+            .metrics
+            .grpc_errors
+            .with_label_values(&["RegionHeartbeat", error.error_type().as_str_name()])
+            .inc();
+        let response = pdpb::RegionHeartbeatResponse {
+            header: Some(header::error_header(cluster_id, &error)),
+            region_id,
+            region_epoch: request.region.as_ref().and_then(|r| r.region_epoch),
+            target_peer: request.leader,
+            ..Default::default()
+        };
+        if tx.send(Ok(response)).await.is_err() {
+            return Err(Status::cancelled("heartbeat stream closed"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building Shale needs on Debian/Ubuntu: a C/C++ toolchain and
+# libclang (RocksDB is C++ and its Rust bindings are generated with bindgen),
+# and a Rust toolchain if none is present. Safe to run repeatedly.
+set -euo pipefail
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+need_pkgs=()
+for pkg in build-essential clang libclang-dev pkg-config; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  say "Installing system packages: ${need_pkgs[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
+else
+  say "System packages already installed (build-essential, clang, libclang-dev, pkg-config)"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  say "Installing the Rust toolchain with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component clippy,rustfmt
+  . "$HOME/.cargo/env"
+fi
+say "Using $(cargo --version)"
+
+# Builds are large (RocksDB alone takes minutes): keep them outside the work tree
+# so every checkout and CI run reuses them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shale-target}"
+say "Cargo target directory: $CARGO_TARGET_DIR"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every check a change must pass: formatting, clippy, unit and
+# integration tests, and the end-to-end tests on real processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+
+say "Checking formatting"
+cargo fmt --all -- --check
+
+say "Building all binaries (the end-to-end tests run them as real processes)"
+cargo build --workspace --bins
+
+say "Running clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+say "Running unit, integration and end-to-end tests"
+cargo test --workspace -- --test-threads=2

@@ -1,0 +1,110 @@
+//! Storage node configuration: a TOML file, overridden by flags and
+//! environment. Every field has a default that works on loopback.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the store's RocksDB lives.
+    pub data_dir: PathBuf,
+    /// gRPC listen address for clients (and, later, other stores).
+    pub listen_addr: String,
+    /// Address other parties should use to reach this store; defaults to `listen_addr`.
+    pub advertise_addr: Option<String>,
+    /// HTTP status address (`/metrics`, `/status`); empty disables it.
+    pub status_addr: String,
+    /// Placement endpoints (`host:port`).
+    pub pd_endpoints: Vec<String>,
+    /// Fsync every acknowledged write. Turning this off loses durability.
+    pub sync_log: bool,
+    /// Store and Region heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// How often the GC worker checks placement's safe point.
+    pub gc_interval_ms: u64,
+    /// How long to wait for placement at start-up.
+    pub pd_connect_timeout_ms: u64,
+    /// Largest accepted value, in bytes.
+    pub max_value_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./storage-data"),
+            listen_addr: "127.0.0.1:20160".into(),
+            advertise_addr: None,
+            status_addr: "127.0.0.1:20180".into(),
+            pd_endpoints: vec!["127.0.0.1:2379".into()],
+            sync_log: true,
+            heartbeat_interval_ms: 5_000,
+            gc_interval_ms: 10_000,
+            pd_connect_timeout_ms: 60_000,
+            max_value_size: 8 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.pd_endpoints.is_empty() {
+            return Err(ConfigError::Invalid("pd_endpoints must not be empty".into()));
+        }
+        if self.heartbeat_interval_ms == 0 || self.gc_interval_ms == 0 {
+            return Err(ConfigError::Invalid("intervals must be positive".into()));
+        }
+        if self.max_value_size == 0 {
+            return Err(ConfigError::Invalid("max_value_size must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_file_keeps_defaults() {
+        let c = Config::from_toml("listen_addr = \"0.0.0.0:1\"\nsync_log = false").unwrap();
+        assert_eq!(c.listen_addr, "0.0.0.0:1");
+        assert!(!c.sync_log);
+        assert_eq!(c.pd_endpoints, Config::default().pd_endpoints);
+    }
+
+    #[test]
+    fn garbage_and_unknown_keys_are_errors() {
+        assert!(Config::from_toml("\u{0}\u{1}not toml [[").is_err());
+        assert!(Config::from_toml("listen_adr = \"x\"").is_err());
+        assert!(Config::from_toml("sync_log = 3").is_err());
+        let empty_pd = Config { pd_endpoints: vec![], ..Config::default() };
+        assert!(empty_pd.validate().is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! The storage node's view of placement: a trait so tests can script it, and
+//! the gRPC implementation that finds the placement leader and follows it.
+
+mod grpc;
+
+pub use grpc::GrpcPdClient;
+
+use std::future::Future;
+
+use shale_proto::{metapb, pdpb};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PdError {
+    #[error("placement unreachable at {endpoints:?}: {reason}")]
+    Unreachable { endpoints: Vec<String>, reason: String },
+    #[error("placement rpc failed: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("placement answered {kind:?}: {message}")]
+    Server { kind: pdpb::ErrorType, message: String },
+    #[error("placement closed the stream")]
+    StreamClosed,
+}
+
+impl PdError {
+    pub fn is_already_bootstrapped(&self) -> bool {
+        matches!(self, PdError::Server { kind: pdpb::ErrorType::AlreadyBootstrapped, .. })
+    }
+}
+
+pub type PdResult<T> = Result<T, PdError>;
+
+/// What a storage node asks of placement.
+pub trait PdClient: Send + Sync + 'static {
+    fn cluster_id(&self) -> u64;
+    fn alloc_id(&self) -> impl Future<Output = PdResult<u64>> + Send;
+    fn is_bootstrapped(&self) -> impl Future<Output = PdResult<bool>> + Send;
+    fn bootstrap(
+        &self,
+        store: metapb::Store,
+        region: metapb::Region,
+    ) -> impl Future<Output = PdResult<()>> + Send;
+    fn put_store(&self, store: metapb::Store) -> impl Future<Output = PdResult<()>> + Send;
+    fn store_heartbeat(
+        &self,
+        stats: pdpb::StoreStats,
+    ) -> impl Future<Output = PdResult<pdpb::StoreHeartbeatResponse>> + Send;
+    /// Reports one Region; the stream of scheduling answers is read elsewhere.
+    fn region_heartbeat(
+        &self,
+        req: pdpb::RegionHeartbeatRequest,
+    ) -> impl Future<Output = PdResult<()>> + Send;
+    fn gc_safe_point(&self) -> impl Future<Output = PdResult<u64>> + Send;
+}

@@ -1,0 +1,104 @@
+//! The Regions this store holds, and the checks every request passes before it
+//! reaches storage: right store, known Region, current epoch, keys in range.
+//! Failures are `errorpb::Error`s, which TiKV clients use to refresh their
+//! routing and retry at the right place.
+
+mod check;
+mod requests;
+
+pub use check::{KeyMode, RegionRequest, ScopeKeys};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use prost::Message;
+use shale_proto::{errorpb, metapb};
+
+use crate::engine::{EngineError, RocksEngine};
+
+const REGION_META_PREFIX: &[u8] = b"\x01region\x00";
+
+fn region_meta_key(region_id: u64) -> Vec<u8> {
+    let mut k = REGION_META_PREFIX.to_vec();
+    k.extend_from_slice(&region_id.to_be_bytes());
+    k
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("stored region meta is corrupt: {0}")]
+    Corrupt(#[from] prost::DecodeError),
+}
+
+/// The store's Regions, kept in memory and persisted in the engine's metadata.
+#[derive(Clone)]
+pub struct RegionRegistry {
+    store_id: u64,
+    rocks: RocksEngine,
+    regions: Arc<RwLock<BTreeMap<u64, metapb::Region>>>,
+}
+
+impl RegionRegistry {
+    /// Loads the Regions persisted for this store.
+    pub fn load(store_id: u64, rocks: RocksEngine) -> Result<Self, RegionError> {
+        let mut regions = BTreeMap::new();
+        for (_, bytes) in rocks.scan_meta(REGION_META_PREFIX)? {
+            let region = metapb::Region::decode(bytes.as_slice())?;
+            regions.insert(region.id, region);
+        }
+        Ok(RegionRegistry {
+            store_id,
+            rocks,
+            regions: Arc::new(RwLock::new(regions)),
+        })
+    }
+
+    pub fn store_id(&self) -> u64 {
+        self.store_id
+    }
+
+    /// Persists a Region (new or changed) and starts serving it.
+    pub fn insert(&self, region: metapb::Region) -> Result<(), RegionError> {
+        self.rocks
+            .put_meta(&region_meta_key(region.id), &region.encode_to_vec())?;
+        self.regions.write().insert(region.id, region);
+        Ok(())
+    }
+
+    /// Stops serving a Region and forgets it (e.g. a bootstrap that lost a race).
+    pub fn remove(&self, region_id: u64) -> Result<(), RegionError> {
+        self.rocks.delete_meta(&region_meta_key(region_id))?;
+        self.regions.write().remove(&region_id);
+        Ok(())
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.regions.read().keys().copied().collect()
+    }
+
+    pub fn all(&self) -> Vec<metapb::Region> {
+        self.regions.read().values().cloned().collect()
+    }
+
+    pub fn get(&self, region_id: u64) -> Option<metapb::Region> {
+        self.regions.read().get(&region_id).cloned()
+    }
+
+    /// The peer of `region` that lives on this store.
+    pub fn local_peer(&self, region: &metapb::Region) -> Option<metapb::Peer> {
+        region
+            .peers
+            .iter()
+            .find(|p| p.store_id == self.store_id)
+            .cloned()
+    }
+
+    /// Validates a request's context and keys against the Region it names.
+    pub fn check<R: RegionRequest>(&self, req: &R) -> Result<metapb::Region, errorpb::Error> {
+        let regions = self.regions.read();
+        check::check_request(self.store_id, &regions, req)
+    }
+}

@@ -1,0 +1,85 @@
+//! Which keys each TiKV request touches, for the Region check.
+
+use shale_proto::kvrpcpb;
+
+use super::{KeyMode, RegionRequest, ScopeKeys};
+
+macro_rules! scoped {
+    ($ty:ty, $mode:expr, |$r:ident| $scope:expr) => {
+        impl RegionRequest for $ty {
+            fn context(&self) -> Option<&kvrpcpb::Context> {
+                self.context.as_ref()
+            }
+            fn key_mode(&self) -> KeyMode {
+                $mode
+            }
+            fn scope(&self) -> ScopeKeys<'_> {
+                let $r = self;
+                $scope
+            }
+        }
+    };
+}
+
+fn one(key: &[u8]) -> ScopeKeys<'_> {
+    ScopeKeys::Keys(vec![key])
+}
+
+fn many(keys: &[Vec<u8>]) -> ScopeKeys<'_> {
+    ScopeKeys::Keys(keys.iter().map(Vec::as_slice).collect())
+}
+
+/// A scan's bounds as `(lower, upper)`: reverse scans name the upper bound first.
+fn scan<'a>(start: &'a [u8], end: &'a [u8], reverse: bool) -> ScopeKeys<'a> {
+    if reverse {
+        ScopeKeys::Ranges(vec![(end, start)])
+    } else {
+        ScopeKeys::Ranges(vec![(start, end)])
+    }
+}
+
+use KeyMode::{Raw, Txn};
+
+scoped!(kvrpcpb::RawGetRequest, Raw, |r| one(&r.key));
+scoped!(kvrpcpb::RawBatchGetRequest, Raw, |r| many(&r.keys));
+scoped!(kvrpcpb::RawPutRequest, Raw, |r| one(&r.key));
+scoped!(kvrpcpb::RawBatchPutRequest, Raw, |r| ScopeKeys::Keys(
+    r.pairs.iter().map(|p| p.key.as_slice()).collect()
+));
+scoped!(kvrpcpb::RawDeleteRequest, Raw, |r| one(&r.key));
+scoped!(kvrpcpb::RawBatchDeleteRequest, Raw, |r| many(&r.keys));
+scoped!(kvrpcpb::RawScanRequest, Raw, |r| scan(&r.start_key, &r.end_key, r.reverse));
+scoped!(kvrpcpb::RawBatchScanRequest, Raw, |r| ScopeKeys::Ranges(
+    r.ranges
+        .iter()
+        .map(|k| if r.reverse {
+            (k.end_key.as_slice(), k.start_key.as_slice())
+        } else {
+            (k.start_key.as_slice(), k.end_key.as_slice())
+        })
+        .collect()
+));
+scoped!(kvrpcpb::RawDeleteRangeRequest, Raw, |r| scan(&r.start_key, &r.end_key, false));
+scoped!(kvrpcpb::RawCasRequest, Raw, |r| one(&r.key));
+scoped!(kvrpcpb::RawGetKeyTtlRequest, Raw, |r| one(&r.key));
+
+scoped!(kvrpcpb::GetRequest, Txn, |r| one(&r.key));
+scoped!(kvrpcpb::BatchGetRequest, Txn, |r| many(&r.keys));
+scoped!(kvrpcpb::ScanRequest, Txn, |r| scan(&r.start_key, &r.end_key, r.reverse));
+scoped!(kvrpcpb::PrewriteRequest, Txn, |r| ScopeKeys::Keys(
+    r.mutations.iter().map(|m| m.key.as_slice()).collect()
+));
+scoped!(kvrpcpb::CommitRequest, Txn, |r| many(&r.keys));
+scoped!(kvrpcpb::BatchRollbackRequest, Txn, |r| many(&r.keys));
+scoped!(kvrpcpb::CleanupRequest, Txn, |r| one(&r.key));
+scoped!(kvrpcpb::CheckTxnStatusRequest, Txn, |r| one(&r.primary_key));
+scoped!(kvrpcpb::CheckSecondaryLocksRequest, Txn, |r| many(&r.keys));
+scoped!(kvrpcpb::TxnHeartBeatRequest, Txn, |r| one(&r.primary_lock));
+scoped!(kvrpcpb::ScanLockRequest, Txn, |r| scan(&r.start_key, &r.end_key, false));
+scoped!(kvrpcpb::ResolveLockRequest, Txn, |r| many(&r.keys));
+scoped!(kvrpcpb::PessimisticLockRequest, Txn, |r| ScopeKeys::Keys(
+    r.mutations.iter().map(|m| m.key.as_slice()).collect()
+));
+scoped!(kvrpcpb::PessimisticRollbackRequest, Txn, |r| many(&r.keys));
+scoped!(kvrpcpb::DeleteRangeRequest, Txn, |r| scan(&r.start_key, &r.end_key, false));
+scoped!(kvrpcpb::GcRequest, Txn, |_r| ScopeKeys::None);

@@ -1,0 +1,105 @@
+//! Periodic reports to placement: store statistics and one heartbeat per
+//! Region this store leads (every Region, while there is no replication).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shale_proto::pdpb;
+use tokio::sync::watch;
+
+use crate::engine::RocksEngine;
+use crate::pd_client::PdClient;
+use crate::region::RegionRegistry;
+
+pub struct Heartbeats<P> {
+    pub pd: Arc<P>,
+    pub regions: RegionRegistry,
+    pub rocks: RocksEngine,
+    pub data_dir: std::path::PathBuf,
+    pub interval: Duration,
+    pub started: SystemTime,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl<P: PdClient> Heartbeats<P> {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.report_store().await {
+                tracing::warn!("store heartbeat failed: {e}");
+            }
+            if let Err(e) = self.report_regions().await {
+                tracing::warn!("region heartbeat failed: {e}");
+            }
+        }
+    }
+
+    async fn report_store(&self) -> Result<(), crate::pd_client::PdError> {
+        let now = SystemTime::now();
+        let (capacity, available) = disk_space(&self.data_dir);
+        let region_count = self.regions.ids().len() as u32;
+        let stats = pdpb::StoreStats {
+            store_id: self.regions.store_id(),
+            capacity,
+            available,
+            used_size: self.rocks.approximate_size(),
+            region_count,
+            start_time: unix_secs(self.started) as u32,
+            is_busy: false,
+            interval: Some(pdpb::TimeInterval {
+                start_timestamp: unix_secs(now).saturating_sub(self.interval.as_secs()),
+                end_timestamp: unix_secs(now),
+            }),
+            ..Default::default()
+        };
+        self.pd.store_heartbeat(stats).await.map(|_| ())
+    }
+
+    async fn report_regions(&self) -> Result<(), crate::pd_client::PdError> {
+        for region in self.regions.all() {
+            let leader = self.regions.local_peer(&region);
+            let req = pdpb::RegionHeartbeatRequest {
+                region: Some(region),
+                leader,
+                term: 1,
+                ..Default::default()
+            };
+            self.pd.region_heartbeat(req).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Total and free bytes of the filesystem holding `path` (0, 0 if unknown).
+fn disk_space(path: &std::path::Path) -> (u64, u64) {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return (0, 0);
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `statvfs` writes into the buffer we own; the path is NUL-terminated.
+    if unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return (0, 0);
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let s = unsafe { stat.assume_init() };
+    let frag = s.f_frsize as u64;
+    (s.f_blocks as u64 * frag, s.f_bavail as u64 * frag)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn disk_space_of_a_real_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (total, free) = super::disk_space(dir.path());
+        assert!(total > 0 && free <= total, "total {total} free {free}");
+        assert_eq!(super::disk_space(std::path::Path::new("/nonexistent/x")), (0, 0));
+    }
+}

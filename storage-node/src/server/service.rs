@@ -1,0 +1,155 @@
+//! The client-facing `tikvpb.Tikv` gRPC service: every request passes the
+//! Region check, then goes to storage; Region problems come back in
+//! `region_error` so the client refreshes its routing and retries.
+
+use std::time::Instant;
+
+use shale_proto::kvrpcpb;
+use shale_proto::tikvpb::tikv_server::Tikv;
+use tonic::{Request, Response, Status};
+
+use super::metrics;
+use crate::engine::Engine;
+use crate::region::RegionRegistry;
+use crate::storage::{Storage, StorageError};
+
+pub struct TikvService<E: Engine> {
+    storage: Storage<E>,
+    regions: RegionRegistry,
+}
+
+impl<E: Engine> TikvService<E> {
+    pub fn new(storage: Storage<E>, regions: RegionRegistry) -> Self {
+        TikvService { storage, regions }
+    }
+}
+
+fn storage_status(method: &str, err: StorageError) -> Status {
+    match err {
+        StorageError::InvalidArgument(msg) => Status::invalid_argument(msg),
+        other => {
+            tracing::warn!(method, "storage error: {other}");
+            Status::internal(other.to_string())
+        }
+    }
+}
+
+/// The whole `Tikv` impl: one method per Region-scoped RPC (Region check,
+/// storage call, metrics) plus the store-wide ones. Generated as one block
+/// because `async_trait` must see every method body.
+macro_rules! tikv_impl {
+    ($($method:ident($req:ty) -> $resp:ty;)*) => {
+        #[tonic::async_trait]
+        impl<E: Engine> Tikv for TikvService<E> {
+            $(
+                async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
+                    let started = Instant::now();
+                    let req = request.into_inner();
+                    let result = match self.regions.check(&req) {
+                        Err(region_error) => {
+                            metrics::REGION_ERRORS.with_label_values(&[stringify!($method)]).inc();
+                            Ok(<$resp>::default_with_region_error(region_error))
+                        }
+                        Ok(_) => self
+                            .storage
+                            .$method(req)
+                            .await
+                            .map_err(|e| storage_status(stringify!($method), e)),
+                    };
+                    metrics::observe(stringify!($method), started, result.is_ok());
+                    result.map(Response::new)
+                }
+            )*
+
+            /// Store-wide (not Region-scoped): the client sends it to every store.
+            async fn unsafe_destroy_range(
+                &self,
+                request: Request<kvrpcpb::UnsafeDestroyRangeRequest>,
+            ) -> Result<Response<kvrpcpb::UnsafeDestroyRangeResponse>, Status> {
+                let started = Instant::now();
+                let result = self
+                    .storage
+                    .unsafe_destroy_range(request.into_inner())
+                    .await
+                    .map_err(|e| storage_status("unsafe_destroy_range", e));
+                metrics::observe("unsafe_destroy_range", started, result.is_ok());
+                result.map(Response::new)
+            }
+        }
+    };
+}
+
+/// Builds an empty response carrying only a Region error.
+trait WithRegionError {
+    fn default_with_region_error(err: shale_proto::errorpb::Error) -> Self;
+}
+
+macro_rules! with_region_error {
+    ($($resp:ty),* $(,)?) => {
+        $(impl WithRegionError for $resp {
+            fn default_with_region_error(err: shale_proto::errorpb::Error) -> Self {
+                Self { region_error: Some(err), ..Default::default() }
+            }
+        })*
+    };
+}
+
+with_region_error!(
+    kvrpcpb::GetResponse,
+    kvrpcpb::ScanResponse,
+    kvrpcpb::PrewriteResponse,
+    kvrpcpb::PessimisticLockResponse,
+    kvrpcpb::PessimisticRollbackResponse,
+    kvrpcpb::TxnHeartBeatResponse,
+    kvrpcpb::CheckTxnStatusResponse,
+    kvrpcpb::CheckSecondaryLocksResponse,
+    kvrpcpb::CommitResponse,
+    kvrpcpb::CleanupResponse,
+    kvrpcpb::BatchGetResponse,
+    kvrpcpb::BatchRollbackResponse,
+    kvrpcpb::ScanLockResponse,
+    kvrpcpb::ResolveLockResponse,
+    kvrpcpb::GcResponse,
+    kvrpcpb::DeleteRangeResponse,
+    kvrpcpb::RawGetResponse,
+    kvrpcpb::RawBatchGetResponse,
+    kvrpcpb::RawPutResponse,
+    kvrpcpb::RawBatchPutResponse,
+    kvrpcpb::RawDeleteResponse,
+    kvrpcpb::RawBatchDeleteResponse,
+    kvrpcpb::RawScanResponse,
+    kvrpcpb::RawDeleteRangeResponse,
+    kvrpcpb::RawBatchScanResponse,
+    kvrpcpb::RawGetKeyTtlResponse,
+    kvrpcpb::RawCasResponse,
+);
+
+tikv_impl! {
+    kv_get(kvrpcpb::GetRequest) -> kvrpcpb::GetResponse;
+    kv_scan(kvrpcpb::ScanRequest) -> kvrpcpb::ScanResponse;
+    kv_prewrite(kvrpcpb::PrewriteRequest) -> kvrpcpb::PrewriteResponse;
+    kv_pessimistic_lock(kvrpcpb::PessimisticLockRequest) -> kvrpcpb::PessimisticLockResponse;
+    kv_pessimistic_rollback(kvrpcpb::PessimisticRollbackRequest) -> kvrpcpb::PessimisticRollbackResponse;
+    kv_txn_heart_beat(kvrpcpb::TxnHeartBeatRequest) -> kvrpcpb::TxnHeartBeatResponse;
+    kv_check_txn_status(kvrpcpb::CheckTxnStatusRequest) -> kvrpcpb::CheckTxnStatusResponse;
+    kv_check_secondary_locks(kvrpcpb::CheckSecondaryLocksRequest) -> kvrpcpb::CheckSecondaryLocksResponse;
+    kv_commit(kvrpcpb::CommitRequest) -> kvrpcpb::CommitResponse;
+    kv_cleanup(kvrpcpb::CleanupRequest) -> kvrpcpb::CleanupResponse;
+    kv_batch_get(kvrpcpb::BatchGetRequest) -> kvrpcpb::BatchGetResponse;
+    kv_batch_rollback(kvrpcpb::BatchRollbackRequest) -> kvrpcpb::BatchRollbackResponse;
+    kv_scan_lock(kvrpcpb::ScanLockRequest) -> kvrpcpb::ScanLockResponse;
+    kv_resolve_lock(kvrpcpb::ResolveLockRequest) -> kvrpcpb::ResolveLockResponse;
+    kv_gc(kvrpcpb::GcRequest) -> kvrpcpb::GcResponse;
+    kv_delete_range(kvrpcpb::DeleteRangeRequest) -> kvrpcpb::DeleteRangeResponse;
+    raw_get(kvrpcpb::RawGetRequest) -> kvrpcpb::RawGetResponse;
+    raw_batch_get(kvrpcpb::RawBatchGetRequest) -> kvrpcpb::RawBatchGetResponse;
+    raw_put(kvrpcpb::RawPutRequest) -> kvrpcpb::RawPutResponse;
+    raw_batch_put(kvrpcpb::RawBatchPutRequest) -> kvrpcpb::RawBatchPutResponse;
+    raw_delete(kvrpcpb::RawDeleteRequest) -> kvrpcpb::RawDeleteResponse;
+    raw_batch_delete(kvrpcpb::RawBatchDeleteRequest) -> kvrpcpb::RawBatchDeleteResponse;
+    raw_scan(kvrpcpb::RawScanRequest) -> kvrpcpb::RawScanResponse;
+    raw_delete_range(kvrpcpb::RawDeleteRangeRequest) -> kvrpcpb::RawDeleteRangeResponse;
+    raw_batch_scan(kvrpcpb::RawBatchScanRequest) -> kvrpcpb::RawBatchScanResponse;
+    raw_get_key_ttl(kvrpcpb::RawGetKeyTtlRequest) -> kvrpcpb::RawGetKeyTtlResponse;
+    raw_compare_and_swap(kvrpcpb::RawCasRequest) -> kvrpcpb::RawCasResponse;
+}
