@@ -13,22 +13,46 @@ pub struct Args {
 }
 
 async fn connect(pd: &str) -> Result<(PdClient<Channel>, Option<pdpb::RequestHeader>)> {
-    let url = if pd.contains("://") { pd.to_string() } else { format!("http://{pd}") };
-    let mut client = PdClient::connect(url).await.with_context(|| format!("connecting to {pd}"))?;
-    let members = client.get_members(pdpb::GetMembersRequest::default()).await?.into_inner();
+    let url = if pd.contains("://") {
+        pd.to_string()
+    } else {
+        format!("http://{pd}")
+    };
+    let mut client = PdClient::connect(url)
+        .await
+        .with_context(|| format!("connecting to {pd}"))?;
+    let members = client
+        .get_members(pdpb::GetMembersRequest::default())
+        .await?
+        .into_inner();
     let cluster_id = members.header.map_or(0, |h| h.cluster_id);
-    Ok((client, Some(pdpb::RequestHeader { cluster_id, sender_id: 0 })))
+    Ok((
+        client,
+        Some(pdpb::RequestHeader {
+            cluster_id,
+            sender_id: 0,
+        }),
+    ))
 }
 
 pub async fn stores(args: Args) -> Result<()> {
     let (mut client, header) = connect(&args.pd).await?;
     let resp = client
-        .get_all_stores(pdpb::GetAllStoresRequest { header, exclude_tombstone_stores: false })
+        .get_all_stores(pdpb::GetAllStoresRequest {
+            header,
+            exclude_tombstone_stores: false,
+        })
         .await?
         .into_inner();
     println!("{:<8} {:<24} {:<10} VERSION", "ID", "ADDRESS", "STATE");
     for store in resp.stores {
-        println!("{:<8} {:<24} {:<10} {}", store.id, store.address, store.state().as_str_name(), store.version);
+        println!(
+            "{:<8} {:<24} {:<10} {}",
+            store.id,
+            store.address,
+            store.state().as_str_name(),
+            store.version
+        );
     }
     Ok(())
 }
@@ -44,14 +68,26 @@ fn show_key(key: &[u8]) -> String {
 pub async fn regions(args: Args) -> Result<()> {
     let (mut client, header) = connect(&args.pd).await?;
     let resp = client
-        .scan_regions(pdpb::ScanRegionsRequest { header, start_key: vec![], end_key: vec![], limit: 0 })
+        .scan_regions(pdpb::ScanRegionsRequest {
+            header,
+            start_key: vec![],
+            end_key: vec![],
+            limit: 0,
+        })
         .await?
         .into_inner();
-    println!("{:<8} {:<8} {:<24} {:<24} PEERS (store ids)", "ID", "LEADER", "START", "END");
+    println!(
+        "{:<8} {:<8} {:<24} {:<24} PEERS (store ids)",
+        "ID", "LEADER", "START", "END"
+    );
     for r in resp.regions {
         let Some(region) = r.region else { continue };
         let leader = r.leader.map_or("-".to_string(), |l| l.store_id.to_string());
-        let stores: Vec<String> = region.peers.iter().map(|p| p.store_id.to_string()).collect();
+        let stores: Vec<String> = region
+            .peers
+            .iter()
+            .map(|p| p.store_id.to_string())
+            .collect();
         println!(
             "{:<8} {:<8} {:<24} {:<24} {}",
             region.id,

@@ -8,7 +8,12 @@ use tikv_client::{Config, RawClient, TransactionClient};
 #[derive(ClapArgs, Debug)]
 pub struct Endpoint {
     /// Placement (PD) endpoint.
-    #[arg(long, env = "SHALE_PD", default_value = "127.0.0.1:2379", global = true)]
+    #[arg(
+        long,
+        env = "SHALE_PD",
+        default_value = "127.0.0.1:2379",
+        global = true
+    )]
     pub pd: String,
     /// Use API V2 with the DEFAULT keyspace.
     #[arg(long, global = true)]
@@ -35,9 +40,16 @@ pub struct RawArgs {
 
 #[derive(Subcommand, Debug)]
 enum RawOp {
-    Get { key: String },
-    Put { key: String, value: String },
-    Delete { key: String },
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
     /// Keys in [start, end), at most `limit`.
     Scan {
         start: String,
@@ -58,7 +70,9 @@ pub struct TxnArgs {
 
 #[derive(Subcommand, Debug)]
 enum TxnOp {
-    Get { key: String },
+    Get {
+        key: String,
+    },
     /// Writes one or more `key value` pairs in a single transaction.
     Put {
         #[arg(required = true, num_args = 2..)]
@@ -103,7 +117,11 @@ pub async fn raw(args: RawArgs) -> Result<()> {
                 if last.as_ref().is_some_and(|l| &key <= l) {
                     break;
                 }
-                println!("{}\t{}", String::from_utf8_lossy(&key), String::from_utf8_lossy(pair.value()));
+                println!(
+                    "{}\t{}",
+                    String::from_utf8_lossy(&key),
+                    String::from_utf8_lossy(pair.value())
+                );
                 last = Some(key);
             }
         }
@@ -112,9 +130,10 @@ pub async fn raw(args: RawArgs) -> Result<()> {
 }
 
 pub async fn txn(args: TxnArgs) -> Result<()> {
-    let client = TransactionClient::new_with_config(vec![args.endpoint.pd.clone()], args.endpoint.config())
-        .await
-        .with_context(|| format!("connecting to {}", args.endpoint.pd))?;
+    let client =
+        TransactionClient::new_with_config(vec![args.endpoint.pd.clone()], args.endpoint.config())
+            .await
+            .with_context(|| format!("connecting to {}", args.endpoint.pd))?;
     let mut txn = client.begin_optimistic().await?;
     match args.op {
         TxnOp::Get { key } => {

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "shale", version, about = "Shale: a TiKV-compatible transactional key-value store")]
+#[command(
+    name = "shale",
+    version,
+    about = "Shale: a TiKV-compatible transactional key-value store"
+)]
 struct Cli {
     /// Log filter for the embedded servers and the client.
     #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]

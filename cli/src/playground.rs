@@ -94,9 +94,14 @@ pub async fn run(args: Args) -> Result<()> {
     println!("  shale txn get hello --pd {pd}");
     println!();
     println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     println!("Stopping...");
     playground.shutdown().await;
-    println!("Stopped. Data kept in {}", absolute(&args.data_dir).display());
+    println!(
+        "Stopped. Data kept in {}",
+        absolute(&args.data_dir).display()
+    );
     Ok(())
 }

@@ -67,8 +67,14 @@ mod tests {
             version: "v0.1.0".into(),
             max_replicas: max,
             paused: false,
-            placement: ComponentSpec { replicas: 3, ..Default::default() },
-            storage: ComponentSpec { replicas: storage, ..Default::default() },
+            placement: ComponentSpec {
+                replicas: 3,
+                ..Default::default()
+            },
+            storage: ComponentSpec {
+                replicas: storage,
+                ..Default::default()
+            },
         }
     }
 

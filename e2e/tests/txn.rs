@@ -11,7 +11,6 @@ use common::{
 use shale_e2e::Cluster;
 use tikv_client::{KvPair, TimestampExt, TransactionClient, TransactionOptions};
 
-
 /// Runs one transaction that inserts `key`; `Ok(true)` if it
 /// committed, `Ok(false)` if the insert or the commit was refused.
 async fn try_insert(

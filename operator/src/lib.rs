@@ -9,7 +9,12 @@ pub fn pod_dns_name(cluster: &str, component: &str, ordinal: u32, namespace: &st
 }
 
 /// The `--initial-cluster` list placement replicas start from.
-pub fn placement_initial_cluster(cluster: &str, namespace: &str, replicas: u32, peer_port: u16) -> String {
+pub fn placement_initial_cluster(
+    cluster: &str,
+    namespace: &str,
+    replicas: u32,
+    peer_port: u16,
+) -> String {
     (0..replicas)
         .map(|i| {
             let host = pod_dns_name(cluster, "placement", i, namespace);
@@ -25,7 +30,10 @@ mod tests {
 
     #[test]
     fn names_are_stable_and_ordered() {
-        assert_eq!(pod_dns_name("basic", "storage", 2, "db"), "basic-storage-2.basic-storage-peer.db.svc");
+        assert_eq!(
+            pod_dns_name("basic", "storage", 2, "db"),
+            "basic-storage-2.basic-storage-peer.db.svc"
+        );
         let list = placement_initial_cluster("basic", "db", 2, 2380);
         assert_eq!(
             list,

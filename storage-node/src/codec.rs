@@ -124,7 +124,11 @@ mod tests {
         }
         for a in &keys {
             for b in &keys {
-                assert_eq!(a.cmp(b), encode_bytes(a).cmp(&encode_bytes(b)), "{a:?} vs {b:?}");
+                assert_eq!(
+                    a.cmp(b),
+                    encode_bytes(a).cmp(&encode_bytes(b)),
+                    "{a:?} vs {b:?}"
+                );
             }
         }
     }
@@ -132,8 +136,14 @@ mod tests {
     #[test]
     fn rejects_malformed_input() {
         assert_eq!(decode_bytes(b"abc"), Err(CodecError::Truncated));
-        assert_eq!(decode_bytes(&[1, 0, 0, 0, 0, 0, 0, 0, 100]), Err(CodecError::BadMarker));
-        assert_eq!(decode_bytes(&[1, 2, 0, 0, 0, 0, 0, 0, 248]), Err(CodecError::BadPadding));
+        assert_eq!(
+            decode_bytes(&[1, 0, 0, 0, 0, 0, 0, 0, 100]),
+            Err(CodecError::BadMarker)
+        );
+        assert_eq!(
+            decode_bytes(&[1, 2, 0, 0, 0, 0, 0, 0, 248]),
+            Err(CodecError::BadPadding)
+        );
     }
 
     #[test]

@@ -50,7 +50,10 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config: {0}")]
@@ -75,13 +78,17 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.pd_endpoints.is_empty() {
-            return Err(ConfigError::Invalid("pd_endpoints must not be empty".into()));
+            return Err(ConfigError::Invalid(
+                "pd_endpoints must not be empty".into(),
+            ));
         }
         if self.heartbeat_interval_ms == 0 || self.gc_interval_ms == 0 {
             return Err(ConfigError::Invalid("intervals must be positive".into()));
         }
         if self.max_value_size == 0 {
-            return Err(ConfigError::Invalid("max_value_size must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "max_value_size must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -104,7 +111,10 @@ mod tests {
         assert!(Config::from_toml("\u{0}\u{1}not toml [[").is_err());
         assert!(Config::from_toml("listen_adr = \"x\"").is_err());
         assert!(Config::from_toml("sync_log = 3").is_err());
-        let empty_pd = Config { pd_endpoints: vec![], ..Config::default() };
+        let empty_pd = Config {
+            pd_endpoints: vec![],
+            ..Config::default()
+        };
         assert!(empty_pd.validate().is_err());
     }
 }

@@ -7,7 +7,11 @@ use clap::Parser;
 use shale_storage_node::Config;
 
 #[derive(Parser, Debug)]
-#[command(name = "storage-node", version, about = "Shale storage node (TiKV-compatible)")]
+#[command(
+    name = "storage-node",
+    version,
+    about = "Shale storage node (TiKV-compatible)"
+)]
 struct Args {
     /// TOML config file; flags override its values.
     #[arg(long, env = "SHALE_STORAGE_CONFIG")]
@@ -77,7 +81,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("storage-node: store {} serving on {}", node.store_id(), node.addr());
+    println!(
+        "storage-node: store {} serving on {}",
+        node.store_id(),
+        node.addr()
+    );
     wait_for_signal().await;
     tracing::info!("shutting down");
     node.shutdown().await;
@@ -88,13 +96,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -39,7 +39,10 @@ fn key(prefix: &str, client: usize, seq: u64) -> Vec<u8> {
 }
 
 fn read_key(seq: u64, client: usize, keys: u64) -> Vec<u8> {
-    let k = (seq.wrapping_mul(2654435761).wrapping_add(client as u64 * 7919)) % keys;
+    let k = (seq
+        .wrapping_mul(2654435761)
+        .wrapping_add(client as u64 * 7919))
+        % keys;
     format!("load-{k:012}").into_bytes()
 }
 
@@ -55,7 +58,9 @@ fn print_rows(rows: &[Row], baseline_of: impl Fn(&Row) -> Option<f64>) {
         "workload", "clients", "ops/s", "p50 ms", "p99 ms", "vs baseline"
     );
     for r in rows {
-        let ratio = baseline_of(r).map_or("-".to_string(), |b| format!("{:.2}x", r.sample.ops_per_sec() / b));
+        let ratio = baseline_of(r).map_or("-".to_string(), |b| {
+            format!("{:.2}x", r.sample.ops_per_sec() / b)
+        });
         println!(
             "{:<22} {:>7} {:>12.0} {:>10.3} {:>10.3} {:>12}",
             r.workload,
@@ -70,7 +75,10 @@ fn print_rows(rows: &[Row], baseline_of: impl Fn(&Row) -> Option<f64>) {
 
 pub async fn run(args: Args) -> Result<()> {
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
-    let root = args.data_dir.clone().unwrap_or_else(|| scratch.path().to_path_buf());
+    let root = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| scratch.path().to_path_buf());
     let duration = Duration::from_secs_f64(args.seconds);
     let value = Arc::new(vec![b'v'; args.value_size]);
 
@@ -98,7 +106,11 @@ pub async fn run(args: Args) -> Result<()> {
             async move { Ok(client.put(key("raw-", cl, seq), v.to_vec()).await?) }
         })
         .await?;
-        rows.push(Row { workload: "raw put", clients: c, sample });
+        rows.push(Row {
+            workload: "raw put",
+            clients: c,
+            sample,
+        });
 
         let (client, keys) = (raw.clone(), args.keys);
         let sample = run_async(c, duration, move |cl, seq| {
@@ -112,7 +124,11 @@ pub async fn run(args: Args) -> Result<()> {
             }
         })
         .await?;
-        rows.push(Row { workload: "raw get", clients: c, sample });
+        rows.push(Row {
+            workload: "raw get",
+            clients: c,
+            sample,
+        });
 
         let (client, v) = (txn.clone(), value.clone());
         let sample = run_async(c, duration, move |cl, seq| {
@@ -126,16 +142,28 @@ pub async fn run(args: Args) -> Result<()> {
             }
         })
         .await?;
-        rows.push(Row { workload: "txn 2-key commit", clients: c, sample });
+        rows.push(Row {
+            workload: "txn 2-key commit",
+            clients: c,
+            sample,
+        });
     }
     let stats = pg.store.write_stats();
-    let synced = stats.synced_writes.load(std::sync::atomic::Ordering::Relaxed);
-    let acked = stats.acknowledged_batches.load(std::sync::atomic::Ordering::Relaxed);
+    let synced = stats
+        .synced_writes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let acked = stats
+        .acknowledged_batches
+        .load(std::sync::atomic::Ordering::Relaxed);
     pg.shutdown().await;
 
     let baseline = baseline_rows(&root.join("baseline"), &args, duration, &value).await?;
     let base_for = |r: &Row| {
-        let name = if r.workload == "raw get" { "rocksdb get" } else { "rocksdb put (fsync)" };
+        let name = if r.workload == "raw get" {
+            "rocksdb get"
+        } else {
+            "rocksdb put (fsync)"
+        };
         baseline
             .iter()
             .find(|b| b.workload == name && b.clients == r.clients)
@@ -168,7 +196,12 @@ async fn preload(raw: &RawClient, keys: u64, value: &[u8]) -> Result<()> {
 }
 
 /// The same puts and gets straight into RocksDB: the cost floor for a store.
-async fn baseline_rows(dir: &std::path::Path, args: &Args, duration: Duration, value: &Arc<Vec<u8>>) -> Result<Vec<Row>> {
+async fn baseline_rows(
+    dir: &std::path::Path,
+    args: &Args,
+    duration: Duration,
+    value: &Arc<Vec<u8>>,
+) -> Result<Vec<Row>> {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
     let db = Arc::new(rocksdb::DB::open(&opts, dir).context("opening baseline RocksDB")?);
@@ -184,14 +217,23 @@ async fn baseline_rows(dir: &std::path::Path, args: &Args, duration: Duration, v
             Ok(d.put_opt(key("raw-", cl, seq), v.as_slice(), &wo)?)
         })
         .await?;
-        rows.push(Row { workload: "rocksdb put (fsync)", clients: c, sample });
+        rows.push(Row {
+            workload: "rocksdb put (fsync)",
+            clients: c,
+            sample,
+        });
         let (d, keys) = (db.clone(), args.keys);
         let sample = run_blocking(c, duration, move |cl, seq| {
-            d.get(read_key(seq, cl, keys))?.context("baseline key missing")?;
+            d.get(read_key(seq, cl, keys))?
+                .context("baseline key missing")?;
             Ok(())
         })
         .await?;
-        rows.push(Row { workload: "rocksdb get", clients: c, sample });
+        rows.push(Row {
+            workload: "rocksdb get",
+            clients: c,
+            sample,
+        });
     }
     Ok(rows)
 }

@@ -36,7 +36,11 @@ fn merge(parts: Vec<(u64, Histogram<u64>)>, elapsed: Duration) -> Result<Sample>
         ops += n;
         latency_us.add(h).map_err(|e| anyhow!("histogram: {e}"))?;
     }
-    Ok(Sample { ops, elapsed, latency_us })
+    Ok(Sample {
+        ops,
+        elapsed,
+        latency_us,
+    })
 }
 
 /// `op(client, seq)` from `clients` async tasks until `duration` has passed.
@@ -57,7 +61,8 @@ where
             while Instant::now() < deadline {
                 let t = Instant::now();
                 op(client, seq).await?;
-                hist.record(t.elapsed().as_micros() as u64).map_err(|e| anyhow!("{e}"))?;
+                hist.record(t.elapsed().as_micros() as u64)
+                    .map_err(|e| anyhow!("{e}"))?;
                 seq += 1;
             }
             Ok::<_, anyhow::Error>((seq, hist))
@@ -87,7 +92,8 @@ where
             while Instant::now() < deadline {
                 let t = Instant::now();
                 op(client, seq)?;
-                hist.record(t.elapsed().as_micros() as u64).map_err(|e| anyhow!("{e}"))?;
+                hist.record(t.elapsed().as_micros() as u64)
+                    .map_err(|e| anyhow!("{e}"))?;
                 seq += 1;
             }
             Ok::<_, anyhow::Error>((seq, hist))

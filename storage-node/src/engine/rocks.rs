@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DBRawIteratorWithThreadMode, Options, ReadOptions, SnapshotWithThreadMode,
-    WriteBatch, WriteOptions, DB,
+    ColumnFamilyDescriptor, DBRawIteratorWithThreadMode, Options, ReadOptions,
+    SnapshotWithThreadMode, WriteBatch, WriteOptions, DB,
 };
 use tokio::sync::oneshot;
 
@@ -103,20 +103,29 @@ impl RocksEngine {
 
     /// Reads local metadata (store identity, Region state).
     pub fn get_meta(&self, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
-        let cf = self.db.cf_handle(META_CF).ok_or(EngineError::MissingCf(META_CF))?;
+        let cf = self
+            .db
+            .cf_handle(META_CF)
+            .ok_or(EngineError::MissingCf(META_CF))?;
         Ok(self.db.get_cf(cf, key)?)
     }
 
     /// Writes local metadata durably, regardless of the data sync setting.
     pub fn put_meta(&self, key: &[u8], value: &[u8]) -> EngineResult<()> {
-        let cf = self.db.cf_handle(META_CF).ok_or(EngineError::MissingCf(META_CF))?;
+        let cf = self
+            .db
+            .cf_handle(META_CF)
+            .ok_or(EngineError::MissingCf(META_CF))?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         Ok(self.db.put_cf_opt(cf, key, value, &wo)?)
     }
 
     pub fn delete_meta(&self, key: &[u8]) -> EngineResult<()> {
-        let cf = self.db.cf_handle(META_CF).ok_or(EngineError::MissingCf(META_CF))?;
+        let cf = self
+            .db
+            .cf_handle(META_CF)
+            .ok_or(EngineError::MissingCf(META_CF))?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         Ok(self.db.delete_cf_opt(cf, key, &wo)?)
@@ -124,7 +133,10 @@ impl RocksEngine {
 
     /// All local metadata entries whose key starts with `prefix`.
     pub fn scan_meta(&self, prefix: &[u8]) -> EngineResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let cf = self.db.cf_handle(META_CF).ok_or(EngineError::MissingCf(META_CF))?;
+        let cf = self
+            .db
+            .cf_handle(META_CF)
+            .ok_or(EngineError::MissingCf(META_CF))?;
         let mut out = Vec::new();
         let mut it = self.db.raw_iterator_cf(cf);
         it.seek(prefix);
@@ -198,7 +210,8 @@ fn build_batch(db: &DB, group: &[WriteRequest]) -> EngineResult<WriteBatch> {
 }
 
 fn cf_handle(db: &DB, cf: CfName) -> EngineResult<&rocksdb::ColumnFamily> {
-    db.cf_handle(cf.as_str()).ok_or(EngineError::MissingCf(cf.as_str()))
+    db.cf_handle(cf.as_str())
+        .ok_or(EngineError::MissingCf(cf.as_str()))
 }
 
 /// A point-in-time view of the store, owning what it borrows.
@@ -314,15 +327,26 @@ mod tests {
     async fn snapshot_is_isolated_from_later_writes() {
         let (_dir, engine) = open();
         engine
-            .write(vec![Modify::Put(CfName::Default, b"a".to_vec(), b"1".to_vec())])
+            .write(vec![Modify::Put(
+                CfName::Default,
+                b"a".to_vec(),
+                b"1".to_vec(),
+            )])
             .await
             .unwrap();
         let snap = engine.snapshot();
         engine
-            .write(vec![Modify::Put(CfName::Default, b"a".to_vec(), b"2".to_vec())])
+            .write(vec![Modify::Put(
+                CfName::Default,
+                b"a".to_vec(),
+                b"2".to_vec(),
+            )])
             .await
             .unwrap();
-        assert_eq!(snap.get_cf(CfName::Default, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(
+            snap.get_cf(CfName::Default, b"a").unwrap(),
+            Some(b"1".to_vec())
+        );
         assert_eq!(
             engine.snapshot().get_cf(CfName::Default, b"a").unwrap(),
             Some(b"2".to_vec())
@@ -352,7 +376,13 @@ mod tests {
         assert_eq!(all.key(), b"d");
         assert!(all.seek_for_prev(b"bb").unwrap());
         assert_eq!(all.key(), b"b");
-        assert!(snap.iter_cf(CfName::Default, None, None).unwrap().seek_to_first().ok() == Some(false));
+        assert!(
+            snap.iter_cf(CfName::Default, None, None)
+                .unwrap()
+                .seek_to_first()
+                .ok()
+                == Some(false)
+        );
     }
 
     #[tokio::test]
@@ -378,7 +408,11 @@ mod tests {
         {
             let engine = RocksEngine::open(dir.path(), true).unwrap();
             engine
-                .write(vec![Modify::Put(CfName::Lock, b"k".to_vec(), b"v".to_vec())])
+                .write(vec![Modify::Put(
+                    CfName::Lock,
+                    b"k".to_vec(),
+                    b"v".to_vec(),
+                )])
                 .await
                 .unwrap();
             engine.put_meta(b"m", b"1").unwrap();
@@ -396,7 +430,10 @@ mod tests {
             }
         }
         let engine = reopened.expect("reopen");
-        assert_eq!(engine.snapshot().get_cf(CfName::Lock, b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            engine.snapshot().get_cf(CfName::Lock, b"k").unwrap(),
+            Some(b"v".to_vec())
+        );
         assert_eq!(engine.get_meta(b"m").unwrap(), Some(b"1".to_vec()));
     }
 
@@ -407,8 +444,12 @@ mod tests {
             .map(|i| {
                 let e = engine.clone();
                 tokio::spawn(async move {
-                    e.write(vec![Modify::Put(CfName::Default, i.to_be_bytes().to_vec(), vec![1])])
-                        .await
+                    e.write(vec![Modify::Put(
+                        CfName::Default,
+                        i.to_be_bytes().to_vec(),
+                        vec![1],
+                    )])
+                    .await
                 })
             })
             .collect();
@@ -421,7 +462,10 @@ mod tests {
         assert!((1..=64).contains(&synced), "synced {synced}");
         let snap = engine.snapshot();
         for i in 0..64u32 {
-            assert!(snap.get_cf(CfName::Default, &i.to_be_bytes()).unwrap().is_some());
+            assert!(snap
+                .get_cf(CfName::Default, &i.to_be_bytes())
+                .unwrap()
+                .is_some());
         }
     }
 }

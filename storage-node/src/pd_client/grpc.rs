@@ -174,7 +174,10 @@ impl GrpcPdClient {
 fn is_transport_error(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
     )
 }
 
@@ -186,10 +189,7 @@ impl PdClient for GrpcPdClient {
     async fn alloc_id(&self) -> PdResult<u64> {
         let header = self.header();
         let resp = self
-            .call(|mut s| {
-                let header = header.clone();
-                async move { s.alloc_id(pdpb::AllocIdRequest { header }).await }
-            })
+            .call(|mut s| async move { s.alloc_id(pdpb::AllocIdRequest { header }).await })
             .await?;
         check_header(resp.header.as_ref())?;
         Ok(resp.id)
@@ -198,9 +198,9 @@ impl PdClient for GrpcPdClient {
     async fn is_bootstrapped(&self) -> PdResult<bool> {
         let header = self.header();
         let resp = self
-            .call(|mut s| {
-                let header = header.clone();
-                async move { s.is_bootstrapped(pdpb::IsBootstrappedRequest { header }).await }
+            .call(|mut s| async move {
+                s.is_bootstrapped(pdpb::IsBootstrappedRequest { header })
+                    .await
             })
             .await?;
         check_header(resp.header.as_ref())?;
@@ -236,11 +236,13 @@ impl PdClient for GrpcPdClient {
         check_header(resp.header.as_ref())
     }
 
-    async fn store_heartbeat(&self, stats: pdpb::StoreStats) -> PdResult<pdpb::StoreHeartbeatResponse> {
+    async fn store_heartbeat(
+        &self,
+        stats: pdpb::StoreStats,
+    ) -> PdResult<pdpb::StoreHeartbeatResponse> {
         let req = pdpb::StoreHeartbeatRequest {
             header: self.header(),
             stats: Some(stats),
-            ..Default::default()
         };
         let resp = self
             .call(|mut s| {
@@ -265,9 +267,9 @@ impl PdClient for GrpcPdClient {
     async fn gc_safe_point(&self) -> PdResult<u64> {
         let header = self.header();
         let resp = self
-            .call(|mut s| {
-                let header = header.clone();
-                async move { s.get_gc_safe_point(pdpb::GetGcSafePointRequest { header }).await }
+            .call(|mut s| async move {
+                s.get_gc_safe_point(pdpb::GetGcSafePointRequest { header })
+                    .await
             })
             .await?;
         check_header(resp.header.as_ref())?;

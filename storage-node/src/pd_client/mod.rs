@@ -12,18 +12,30 @@ use shale_proto::{metapb, pdpb};
 #[derive(Debug, thiserror::Error)]
 pub enum PdError {
     #[error("placement unreachable at {endpoints:?}: {reason}")]
-    Unreachable { endpoints: Vec<String>, reason: String },
+    Unreachable {
+        endpoints: Vec<String>,
+        reason: String,
+    },
     #[error("placement rpc failed: {0}")]
     Rpc(#[from] tonic::Status),
     #[error("placement answered {kind:?}: {message}")]
-    Server { kind: pdpb::ErrorType, message: String },
+    Server {
+        kind: pdpb::ErrorType,
+        message: String,
+    },
     #[error("placement closed the stream")]
     StreamClosed,
 }
 
 impl PdError {
     pub fn is_already_bootstrapped(&self) -> bool {
-        matches!(self, PdError::Server { kind: pdpb::ErrorType::AlreadyBootstrapped, .. })
+        matches!(
+            self,
+            PdError::Server {
+                kind: pdpb::ErrorType::AlreadyBootstrapped,
+                ..
+            }
+        )
     }
 }
 

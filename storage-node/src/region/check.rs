@@ -45,7 +45,8 @@ fn region_space_key(mode: KeyMode, api: ApiVersion, key: &[u8]) -> Vec<u8> {
 }
 
 fn in_region(region: &metapb::Region, key: &[u8]) -> bool {
-    key >= region.start_key.as_slice() && (region.end_key.is_empty() || key < region.end_key.as_slice())
+    key >= region.start_key.as_slice()
+        && (region.end_key.is_empty() || key < region.end_key.as_slice())
 }
 
 fn key_not_in_region(region: &metapb::Region, key: &[u8]) -> errorpb::Error {
@@ -65,28 +66,31 @@ pub(super) fn check_request<R: RegionRequest>(
     store_id: u64,
     regions: &BTreeMap<u64, metapb::Region>,
     req: &R,
-) -> Result<metapb::Region, errorpb::Error> {
+) -> Result<metapb::Region, Box<errorpb::Error>> {
     let default_ctx = kvrpcpb::Context::default();
     let ctx = req.context().unwrap_or(&default_ctx);
     if let Some(peer) = &ctx.peer {
         if peer.store_id != 0 && peer.store_id != store_id {
-            return Err(errorpb::Error {
-                message: format!("request for store {} sent to store {store_id}", peer.store_id),
+            return Err(Box::new(errorpb::Error {
+                message: format!(
+                    "request for store {} sent to store {store_id}",
+                    peer.store_id
+                ),
                 store_not_match: Some(errorpb::StoreNotMatch {
                     request_store_id: peer.store_id,
                     actual_store_id: store_id,
                 }),
                 ..Default::default()
-            });
+            }));
         }
     }
     let region = regions
         .get(&ctx.region_id)
-        .ok_or_else(|| region_not_found(ctx.region_id))?;
-    let current = region.region_epoch.clone().unwrap_or_default();
-    let requested = ctx.region_epoch.clone().unwrap_or_default();
+        .ok_or_else(|| Box::new(region_not_found(ctx.region_id)))?;
+    let current = region.region_epoch.unwrap_or_default();
+    let requested = ctx.region_epoch.unwrap_or_default();
     if requested.version != current.version {
-        return Err(errorpb::Error {
+        return Err(Box::new(errorpb::Error {
             message: format!(
                 "epoch not match: request version {} current {}",
                 requested.version, current.version
@@ -95,7 +99,7 @@ pub(super) fn check_request<R: RegionRequest>(
                 current_regions: regions.values().cloned().collect(),
             }),
             ..Default::default()
-        });
+        }));
     }
     let api = ctx.api_version();
     let mode = req.key_mode();
@@ -105,20 +109,20 @@ pub(super) fn check_request<R: RegionRequest>(
             for key in keys {
                 let k = region_space_key(mode, api, key);
                 if !in_region(region, &k) {
-                    return Err(key_not_in_region(region, key));
+                    return Err(Box::new(key_not_in_region(region, key)));
                 }
             }
         }
         ScopeKeys::Ranges(ranges) => {
             for (lower, upper) in ranges {
                 if !lower.is_empty() && !in_region(region, &region_space_key(mode, api, lower)) {
-                    return Err(key_not_in_region(region, lower));
+                    return Err(Box::new(key_not_in_region(region, lower)));
                 }
                 if !upper.is_empty() {
                     let u = region_space_key(mode, api, upper);
                     let past_end = !region.end_key.is_empty() && u > region.end_key;
                     if past_end || u <= region.start_key {
-                        return Err(key_not_in_region(region, upper));
+                        return Err(Box::new(key_not_in_region(region, upper)));
                     }
                 }
             }
@@ -153,8 +157,15 @@ mod tests {
             id: 2,
             start_key: b"b".to_vec(),
             end_key: b"m".to_vec(),
-            region_epoch: Some(metapb::RegionEpoch { conf_ver: 1, version: 3 }),
-            peers: vec![metapb::Peer { id: 3, store_id: 1, ..Default::default() }],
+            region_epoch: Some(metapb::RegionEpoch {
+                conf_ver: 1,
+                version: 3,
+            }),
+            peers: vec![metapb::Peer {
+                id: 3,
+                store_id: 1,
+                ..Default::default()
+            }],
             ..Default::default()
         };
         BTreeMap::from([(2, region)])
@@ -164,8 +175,15 @@ mod tests {
         Req {
             ctx: kvrpcpb::Context {
                 region_id,
-                region_epoch: Some(metapb::RegionEpoch { conf_ver: 1, version }),
-                peer: Some(metapb::Peer { id: 3, store_id, ..Default::default() }),
+                region_epoch: Some(metapb::RegionEpoch {
+                    conf_ver: 1,
+                    version,
+                }),
+                peer: Some(metapb::Peer {
+                    id: 3,
+                    store_id,
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             keys: vec![key.to_vec()],
@@ -174,19 +192,36 @@ mod tests {
 
     #[test]
     fn accepts_a_well_addressed_request() {
-        assert_eq!(check_request(1, &regions(), &req(2, 3, 1, b"c")).unwrap().id, 2);
+        assert_eq!(
+            check_request(1, &regions(), &req(2, 3, 1, b"c"))
+                .unwrap()
+                .id,
+            2
+        );
     }
 
     #[test]
     fn rejects_each_kind_of_misrouting() {
         let r = regions();
-        assert!(check_request(1, &r, &req(2, 3, 9, b"c")).unwrap_err().store_not_match.is_some());
-        assert!(check_request(1, &r, &req(7, 3, 1, b"c")).unwrap_err().region_not_found.is_some());
+        assert!(check_request(1, &r, &req(2, 3, 9, b"c"))
+            .unwrap_err()
+            .store_not_match
+            .is_some());
+        assert!(check_request(1, &r, &req(7, 3, 1, b"c"))
+            .unwrap_err()
+            .region_not_found
+            .is_some());
         let stale = check_request(1, &r, &req(2, 2, 1, b"c")).unwrap_err();
         assert_eq!(stale.epoch_not_match.unwrap().current_regions.len(), 1);
         let outside = check_request(1, &r, &req(2, 3, 1, b"z")).unwrap_err();
         assert_eq!(outside.key_not_in_region.unwrap().key, b"z".to_vec());
-        assert!(check_request(1, &r, &req(2, 3, 1, b"m")).is_err(), "end key is exclusive");
-        assert!(check_request(1, &r, &req(2, 3, 1, b"b")).is_ok(), "start key is inclusive");
+        assert!(
+            check_request(1, &r, &req(2, 3, 1, b"m")).is_err(),
+            "end key is exclusive"
+        );
+        assert!(
+            check_request(1, &r, &req(2, 3, 1, b"b")).is_ok(),
+            "start key is inclusive"
+        );
     }
 }

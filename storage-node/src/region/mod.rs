@@ -97,7 +97,7 @@ impl RegionRegistry {
     }
 
     /// Validates a request's context and keys against the Region it names.
-    pub fn check<R: RegionRequest>(&self, req: &R) -> Result<metapb::Region, errorpb::Error> {
+    pub fn check<R: RegionRequest>(&self, req: &R) -> Result<metapb::Region, Box<errorpb::Error>> {
         let regions = self.regions.read();
         check::check_request(self.store_id, &regions, req)
     }

@@ -48,7 +48,11 @@ scoped!(kvrpcpb::RawBatchPutRequest, Raw, |r| ScopeKeys::Keys(
 ));
 scoped!(kvrpcpb::RawDeleteRequest, Raw, |r| one(&r.key));
 scoped!(kvrpcpb::RawBatchDeleteRequest, Raw, |r| many(&r.keys));
-scoped!(kvrpcpb::RawScanRequest, Raw, |r| scan(&r.start_key, &r.end_key, r.reverse));
+scoped!(kvrpcpb::RawScanRequest, Raw, |r| scan(
+    &r.start_key,
+    &r.end_key,
+    r.reverse
+));
 scoped!(kvrpcpb::RawBatchScanRequest, Raw, |r| ScopeKeys::Ranges(
     r.ranges
         .iter()
@@ -59,13 +63,21 @@ scoped!(kvrpcpb::RawBatchScanRequest, Raw, |r| ScopeKeys::Ranges(
         })
         .collect()
 ));
-scoped!(kvrpcpb::RawDeleteRangeRequest, Raw, |r| scan(&r.start_key, &r.end_key, false));
+scoped!(kvrpcpb::RawDeleteRangeRequest, Raw, |r| scan(
+    &r.start_key,
+    &r.end_key,
+    false
+));
 scoped!(kvrpcpb::RawCasRequest, Raw, |r| one(&r.key));
 scoped!(kvrpcpb::RawGetKeyTtlRequest, Raw, |r| one(&r.key));
 
 scoped!(kvrpcpb::GetRequest, Txn, |r| one(&r.key));
 scoped!(kvrpcpb::BatchGetRequest, Txn, |r| many(&r.keys));
-scoped!(kvrpcpb::ScanRequest, Txn, |r| scan(&r.start_key, &r.end_key, r.reverse));
+scoped!(kvrpcpb::ScanRequest, Txn, |r| scan(
+    &r.start_key,
+    &r.end_key,
+    r.reverse
+));
 scoped!(kvrpcpb::PrewriteRequest, Txn, |r| ScopeKeys::Keys(
     r.mutations.iter().map(|m| m.key.as_slice()).collect()
 ));
@@ -75,11 +87,19 @@ scoped!(kvrpcpb::CleanupRequest, Txn, |r| one(&r.key));
 scoped!(kvrpcpb::CheckTxnStatusRequest, Txn, |r| one(&r.primary_key));
 scoped!(kvrpcpb::CheckSecondaryLocksRequest, Txn, |r| many(&r.keys));
 scoped!(kvrpcpb::TxnHeartBeatRequest, Txn, |r| one(&r.primary_lock));
-scoped!(kvrpcpb::ScanLockRequest, Txn, |r| scan(&r.start_key, &r.end_key, false));
+scoped!(kvrpcpb::ScanLockRequest, Txn, |r| scan(
+    &r.start_key,
+    &r.end_key,
+    false
+));
 scoped!(kvrpcpb::ResolveLockRequest, Txn, |r| many(&r.keys));
 scoped!(kvrpcpb::PessimisticLockRequest, Txn, |r| ScopeKeys::Keys(
     r.mutations.iter().map(|m| m.key.as_slice()).collect()
 ));
 scoped!(kvrpcpb::PessimisticRollbackRequest, Txn, |r| many(&r.keys));
-scoped!(kvrpcpb::DeleteRangeRequest, Txn, |r| scan(&r.start_key, &r.end_key, false));
+scoped!(kvrpcpb::DeleteRangeRequest, Txn, |r| scan(
+    &r.start_key,
+    &r.end_key,
+    false
+));
 scoped!(kvrpcpb::GcRequest, Txn, |_r| ScopeKeys::None);

@@ -41,7 +41,10 @@ impl StoreIdent {
     fn decode(bytes: &[u8]) -> Option<Self> {
         let cluster_id = u64::from_be_bytes(bytes.get(0..8)?.try_into().ok()?);
         let store_id = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
-        Some(StoreIdent { cluster_id, store_id })
+        Some(StoreIdent {
+            cluster_id,
+            store_id,
+        })
     }
 }
 
@@ -124,7 +127,10 @@ mod tests {
 
     #[test]
     fn ident_round_trips_and_rejects_short_bytes() {
-        let ident = StoreIdent { cluster_id: 7, store_id: 9 };
+        let ident = StoreIdent {
+            cluster_id: 7,
+            store_id: 9,
+        };
         assert_eq!(StoreIdent::decode(&ident.encode()), Some(ident));
         assert_eq!(StoreIdent::decode(&[1, 2, 3]), None);
     }

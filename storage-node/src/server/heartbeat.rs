@@ -89,8 +89,8 @@ fn disk_space(path: &std::path::Path) -> (u64, u64) {
     }
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let s = unsafe { stat.assume_init() };
-    let frag = s.f_frsize as u64;
-    (s.f_blocks as u64 * frag, s.f_bavail as u64 * frag)
+    let frag = s.f_frsize;
+    (s.f_blocks * frag, s.f_bavail * frag)
 }
 
 #[cfg(test)]
@@ -100,6 +100,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (total, free) = super::disk_space(dir.path());
         assert!(total > 0 && free <= total, "total {total} free {free}");
-        assert_eq!(super::disk_space(std::path::Path::new("/nonexistent/x")), (0, 0));
+        assert_eq!(
+            super::disk_space(std::path::Path::new("/nonexistent/x")),
+            (0, 0)
+        );
     }
 }

@@ -3,7 +3,9 @@
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
@@ -14,18 +16,27 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
 }
 
 pub static GRPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    let opts = HistogramOpts::new("shale_grpc_request_duration_seconds", "gRPC request latency")
-        .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).unwrap_or_default());
+    let opts = HistogramOpts::new(
+        "shale_grpc_request_duration_seconds",
+        "gRPC request latency",
+    )
+    .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).unwrap_or_default());
     register(HistogramVec::new(opts, &["method"]).unwrap_or_else(|_| unreachable_metric()))
 });
 
 pub static GRPC_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let opts = Opts::new("shale_grpc_request_failures_total", "gRPC requests answered with a status error");
+    let opts = Opts::new(
+        "shale_grpc_request_failures_total",
+        "gRPC requests answered with a status error",
+    );
     register(IntCounterVec::new(opts, &["method"]).unwrap_or_else(|_| unreachable_metric()))
 });
 
 pub static REGION_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let opts = Opts::new("shale_region_errors_total", "requests rejected by the Region check");
+    let opts = Opts::new(
+        "shale_region_errors_total",
+        "requests rejected by the Region check",
+    );
     register(IntCounterVec::new(opts, &["method"]).unwrap_or_else(|_| unreachable_metric()))
 });
 

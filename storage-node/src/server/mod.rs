@@ -46,7 +46,10 @@ pub enum NodeError {
     #[error(transparent)]
     Region(#[from] RegionError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running storage node.
@@ -91,10 +94,12 @@ impl StorageNode {
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr).await.map_err(|source| NodeError::Bind {
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Starts a storage node; returns once it is registered and serving.
@@ -118,10 +123,15 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
     let started = SystemTime::now();
     let store = metapb::Store {
         id: ident.store_id,
-        address: config.advertise_addr.clone().unwrap_or_else(|| addr.to_string()),
+        address: config
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| addr.to_string()),
         version: env!("CARGO_PKG_VERSION").to_string(),
         status_address: status_addr.map(|a| a.to_string()).unwrap_or_default(),
-        start_timestamp: started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+        start_timestamp: started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
         ..Default::default()
     };
     bootstrap::ensure_cluster_bootstrapped(&*pd, &regions, store.clone()).await?;

@@ -48,7 +48,7 @@ macro_rules! tikv_impl {
                     let result = match self.regions.check(&req) {
                         Err(region_error) => {
                             metrics::REGION_ERRORS.with_label_values(&[stringify!($method)]).inc();
-                            Ok(<$resp>::default_with_region_error(region_error))
+                            Ok(<$resp>::default_with_region_error(*region_error))
                         }
                         Ok(_) => self
                             .storage

@@ -84,7 +84,12 @@ impl ConcurrencyManager {
     }
 
     /// Before a range read of `[lower, upper)` (empty upper = unbounded).
-    pub fn read_range_check(&self, lower: &[u8], upper: &[u8], opts: &ReadOptions) -> Result<(), KeyErr> {
+    pub fn read_range_check(
+        &self,
+        lower: &[u8],
+        upper: &[u8],
+        opts: &ReadOptions,
+    ) -> Result<(), KeyErr> {
         if !opts.check_locks {
             return Ok(());
         }
@@ -95,7 +100,10 @@ impl ConcurrencyManager {
         } else {
             Bound::Excluded(upper)
         };
-        for (key, lock) in state.locks.range::<[u8], _>((Bound::Included(lower), upper)) {
+        for (key, lock) in state
+            .locks
+            .range::<[u8], _>((Bound::Included(lower), upper))
+        {
             check_lock_conflict(lock, key, opts)?;
         }
         Ok(())
@@ -104,12 +112,20 @@ impl ConcurrencyManager {
     /// Publishes an in-memory lock on `key`. `make` receives the current
     /// `max_ts` and returns the lock to publish (with its min_commit_ts), or
     /// an error to publish nothing; both happen atomically w.r.t. readers.
-    pub fn lock_key<E>(&self, key: &[u8], make: impl FnOnce(u64) -> Result<Lock, E>) -> Result<MemLockGuard, E> {
+    pub fn lock_key<E>(
+        &self,
+        key: &[u8],
+        make: impl FnOnce(u64) -> Result<Lock, E>,
+    ) -> Result<MemLockGuard, E> {
         let mut state = self.state.lock();
         let lock = make(state.max_ts)?;
         let ts = lock.ts;
         state.locks.insert(key.to_vec(), lock);
-        Ok(MemLockGuard { state: self.state.clone(), key: key.to_vec(), ts })
+        Ok(MemLockGuard {
+            state: self.state.clone(),
+            key: key.to_vec(),
+            ts,
+        })
     }
 
     #[cfg(test)]
@@ -124,7 +140,11 @@ mod tests {
     use crate::storage::mvcc::LockType;
 
     fn opts(ts: u64) -> ReadOptions {
-        ReadOptions { ts, check_locks: true, ..Default::default() }
+        ReadOptions {
+            ts,
+            check_locks: true,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -144,7 +164,10 @@ mod tests {
             .ok();
         assert!(guard.is_some());
         // min_commit_ts = 51: a read at 60 is blocked, one at 50 is not.
-        assert!(matches!(cm.read_key_check(b"k", &opts(60)), Err(KeyErr::Locked(_))));
+        assert!(matches!(
+            cm.read_key_check(b"k", &opts(60)),
+            Err(KeyErr::Locked(_))
+        ));
         assert!(cm.read_key_check(b"k", &opts(50)).is_ok());
         assert!(cm.read_range_check(b"a", b"z", &opts(70)).is_err());
         assert!(cm.read_range_check(b"a", b"", &opts(70)).is_err());

@@ -145,21 +145,38 @@ impl fmt::Display for KeyErr {
                 Hex(key)
             ),
             KeyErr::AlreadyExist { key } => write!(f, "AlreadyExist {{ key: {} }}", Hex(key)),
-            KeyErr::TxnLockNotFound { start_ts, commit_ts, key } => write!(
+            KeyErr::TxnLockNotFound {
+                start_ts,
+                commit_ts,
+                key,
+            } => write!(
                 f,
                 "TxnLockNotFound {{ start_ts: {start_ts}, commit_ts: {commit_ts}, key: {} }}",
                 Hex(key)
             ),
             KeyErr::TxnNotFound { start_ts, key } => {
-                write!(f, "TxnNotFound {{ start_ts: {start_ts}, key: {} }}", Hex(key))
+                write!(
+                    f,
+                    "TxnNotFound {{ start_ts: {start_ts}, key: {} }}",
+                    Hex(key)
+                )
             }
-            KeyErr::CommitTsExpired { start_ts, commit_ts, key, min_commit_ts } => write!(
+            KeyErr::CommitTsExpired {
+                start_ts,
+                commit_ts,
+                key,
+                min_commit_ts,
+            } => write!(
                 f,
                 "CommitTsExpired {{ start_ts: {start_ts}, commit_ts: {commit_ts}, \
                  min_commit_ts: {min_commit_ts}, key: {} }}",
                 Hex(key)
             ),
-            KeyErr::Committed { start_ts, commit_ts, key } => write!(
+            KeyErr::Committed {
+                start_ts,
+                commit_ts,
+                key,
+            } => write!(
                 f,
                 "Committed {{ start_ts: {start_ts}, commit_ts: {commit_ts}, key: {} }}",
                 Hex(key)
@@ -174,16 +191,28 @@ impl fmt::Display for KeyErr {
                 "PessimisticLockRolledBack {{ start_ts: {start_ts}, key: {} }}",
                 Hex(key)
             ),
-            KeyErr::LockTypeNotMatch { start_ts, key, pessimistic } => write!(
+            KeyErr::LockTypeNotMatch {
+                start_ts,
+                key,
+                pessimistic,
+            } => write!(
                 f,
                 "LockTypeNotMatch {{ start_ts: {start_ts}, key: {}, pessimistic: {pessimistic} }}",
                 Hex(key)
             ),
-            KeyErr::InvalidTxnTso { start_ts, commit_ts } => write!(
+            KeyErr::InvalidTxnTso {
+                start_ts,
+                commit_ts,
+            } => write!(
                 f,
                 "InvalidTxnTso {{ start_ts: {start_ts}, commit_ts: {commit_ts} }}"
             ),
-            KeyErr::Deadlock { start_ts, lock_ts, lock_key, .. } => write!(
+            KeyErr::Deadlock {
+                start_ts,
+                lock_ts,
+                lock_key,
+                ..
+            } => write!(
                 f,
                 "Deadlock {{ start_ts: {start_ts}, lock_ts: {lock_ts}, lock_key: {} }}",
                 Hex(lock_key)
@@ -233,7 +262,12 @@ impl KeyErr {
                     primary_key: key.clone(),
                 })
             }
-            KeyErr::CommitTsExpired { start_ts, commit_ts, key, min_commit_ts } => {
+            KeyErr::CommitTsExpired {
+                start_ts,
+                commit_ts,
+                key,
+                min_commit_ts,
+            } => {
                 e.commit_ts_expired = Some(kvrpcpb::CommitTsExpired {
                     start_ts: *start_ts,
                     attempted_commit_ts: *commit_ts,
@@ -241,7 +275,12 @@ impl KeyErr {
                     min_commit_ts: *min_commit_ts,
                 })
             }
-            KeyErr::Deadlock { lock_ts, lock_key, deadlock_key_hash, .. } => {
+            KeyErr::Deadlock {
+                lock_ts,
+                lock_key,
+                deadlock_key_hash,
+                ..
+            } => {
                 e.deadlock = Some(kvrpcpb::Deadlock {
                     lock_ts: *lock_ts,
                     lock_key: lock_key.clone(),
@@ -249,7 +288,9 @@ impl KeyErr {
                 })
             }
             KeyErr::PrimaryMismatch(info) => {
-                e.primary_mismatch = Some(kvrpcpb::PrimaryMismatch { lock_info: Some((**info).clone()) })
+                e.primary_mismatch = Some(kvrpcpb::PrimaryMismatch {
+                    lock_info: Some((**info).clone()),
+                })
             }
             KeyErr::Committed { .. }
             | KeyErr::PessimisticLockNotFound { .. }
@@ -315,10 +356,20 @@ mod tests {
 
     #[test]
     fn key_errors_land_in_the_fields_clients_read() {
-        let e = KeyErr::TxnLockNotFound { start_ts: 1, commit_ts: 2, key: b"k".to_vec() }.to_pb();
+        let e = KeyErr::TxnLockNotFound {
+            start_ts: 1,
+            commit_ts: 2,
+            key: b"k".to_vec(),
+        }
+        .to_pb();
         assert!(e.retryable.contains("TxnLockNotFound"));
         assert!(e.abort.is_empty());
-        let e = KeyErr::Committed { start_ts: 1, commit_ts: 2, key: b"k".to_vec() }.to_pb();
+        let e = KeyErr::Committed {
+            start_ts: 1,
+            commit_ts: 2,
+            key: b"k".to_vec(),
+        }
+        .to_pb();
         assert!(!e.abort.is_empty());
         let e = KeyErr::WriteConflict {
             start_ts: 1,
@@ -332,7 +383,11 @@ mod tests {
         let c = e.conflict.unwrap_or_default();
         assert_eq!((c.start_ts, c.conflict_ts, c.conflict_commit_ts), (1, 2, 3));
         assert!(!e.retryable.is_empty());
-        let e = KeyErr::TxnNotFound { start_ts: 5, key: b"p".to_vec() }.to_pb();
+        let e = KeyErr::TxnNotFound {
+            start_ts: 5,
+            key: b"p".to_vec(),
+        }
+        .to_pb();
         assert_eq!(e.txn_not_found.map(|t| t.start_ts), Some(5));
     }
 }

@@ -25,7 +25,9 @@ impl Latches {
     /// `size` is rounded up to a power of two (at least 1).
     pub fn new(size: usize) -> Self {
         let size = size.max(1).next_power_of_two();
-        Latches { slots: (0..size).map(|_| Arc::new(Mutex::new(()))).collect() }
+        Latches {
+            slots: (0..size).map(|_| Arc::new(Mutex::new(()))).collect(),
+        }
     }
 
     fn slot_of(&self, key: &[u8]) -> usize {
@@ -67,10 +69,16 @@ mod tests {
         let other: Vec<&[u8]> = (0u8..=255)
             .map(|i| [b'z', i])
             .map(|k| k.to_vec().leak() as &[u8])
-            .filter(|k| !latches.slots_of([b"a".as_slice(), b"b".as_slice()]).contains(&latches.slots_of([*k])[0]))
+            .filter(|k| {
+                !latches
+                    .slots_of([b"a".as_slice(), b"b".as_slice()])
+                    .contains(&latches.slots_of([*k])[0])
+            })
             .take(1)
             .collect();
-        tokio::time::timeout(Duration::from_millis(200), latches.acquire(other)).await.unwrap();
+        tokio::time::timeout(Duration::from_millis(200), latches.acquire(other))
+            .await
+            .unwrap();
         // A command on "b" waits until the first one is done.
         let l2 = latches.clone();
         let entered = Arc::new(AtomicUsize::new(0));
@@ -103,7 +111,10 @@ mod tests {
             }));
         }
         for t in tasks {
-            tokio::time::timeout(Duration::from_secs(5), t).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .unwrap()
+                .unwrap();
         }
     }
 }

@@ -71,8 +71,9 @@ impl Drop for Waiter {
 
 /// FNV-1a; reported as `deadlock_key_hash`.
 pub fn key_hash(key: &[u8]) -> u64 {
-    key.iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl LockManager {
@@ -83,7 +84,13 @@ impl LockManager {
     /// Registers transaction `start_ts` as waiting for `lock_ts`'s lock on
     /// `key`. With `detect`, fails with the hash of the key that closes a
     /// wait-for cycle instead.
-    pub fn wait_for(self: &Arc<Self>, start_ts: u64, lock_ts: u64, key: &[u8], detect: bool) -> Result<Waiter, u64> {
+    pub fn wait_for(
+        self: &Arc<Self>,
+        start_ts: u64,
+        lock_ts: u64,
+        key: &[u8],
+        detect: bool,
+    ) -> Result<Waiter, u64> {
         let mut state = self.state.lock();
         if detect {
             if let Some(hash) = find_cycle(&state.edges, start_ts, lock_ts) {
@@ -93,9 +100,23 @@ impl LockManager {
         state.next_id += 1;
         let id = state.next_id;
         let (tx, rx) = oneshot::channel();
-        state.waiters.entry(key.to_vec()).or_default().push((id, tx));
-        state.edges.entry(start_ts).or_default().push(Edge { id, lock_ts, key_hash: key_hash(key) });
-        Ok(Waiter { lm: self.clone(), id, key: key.to_vec(), start_ts, rx })
+        state
+            .waiters
+            .entry(key.to_vec())
+            .or_default()
+            .push((id, tx));
+        state.edges.entry(start_ts).or_default().push(Edge {
+            id,
+            lock_ts,
+            key_hash: key_hash(key),
+        });
+        Ok(Waiter {
+            lm: self.clone(),
+            id,
+            key: key.to_vec(),
+            start_ts,
+            rx,
+        })
     }
 
     /// Wakes every waiter on `keys` (their locks were just released).
@@ -150,9 +171,13 @@ mod tests {
         let mut w = lm.wait_for(20, 10, b"k", true).unwrap();
         assert_eq!(lm.waiter_count(), 1);
         lm.wake_up(&[b"other".to_vec()]);
-        assert!(tokio::time::timeout(Duration::from_millis(30), w.wait()).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(30), w.wait())
+            .await
+            .is_err());
         lm.wake_up(&[b"k".to_vec()]);
-        tokio::time::timeout(Duration::from_secs(1), w.wait()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), w.wait())
+            .await
+            .unwrap();
         drop(w);
         assert_eq!(lm.waiter_count(), 0);
         assert!(lm.state.lock().edges.is_empty());

@@ -26,9 +26,21 @@
 //! Pessimistic lock requests wait in the [`lock_manager`].
 //!
 //! Region bounds: commands that scan (ScanLock, ResolveLock without keys,
-//! PessimisticRollback without keys, GC) visit whatever the engine snapshot
+//! PessimisticRollback without keys, KvGC) visit whatever the engine snapshot
 //! shows; a replicated engine bounds its snapshots to the Region, as TiKV's
 //! RegionSnapshot does.
+//!
+//! Snapshot reads and MVCC logic run inline on the calling task (RocksDB
+//! reads are synchronous); only latches, lock waits and engine writes await.
+//!
+//! # Where behaviour differs from TiKV on purpose
+//! - A pessimistic prewrite of a key whose pessimistic lock is missing always
+//!   fails (PessimisticLockNotFound) unless the transaction is already
+//!   committed; TiKV may "amend" it (it pipelines lock writes, we do not).
+//! - A woken pessimistic-lock waiter re-runs its request (succeeding,
+//!   or failing with the newer write's WriteConflict) instead of always
+//!   returning WriteConflict; deadlock detection is per store.
+//! - Assertions (`Mutation.assertion` in prewrite) are not checked.
 
 pub mod concurrency_manager;
 pub mod errors;
@@ -108,7 +120,9 @@ struct Inner<E: Engine> {
 
 impl<E: Engine> Clone for Storage<E> {
     fn clone(&self) -> Self {
-        Storage { inner: self.inner.clone() }
+        Storage {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -118,7 +132,11 @@ pub fn engine_context(ctx: Option<&kvrpcpb::Context>) -> EngineContext {
         return EngineContext::default();
     };
     let epoch = ctx.region_epoch.unwrap_or_default();
-    EngineContext { region_id: ctx.region_id, conf_ver: epoch.conf_ver, version: epoch.version }
+    EngineContext {
+        region_id: ctx.region_id,
+        conf_ver: epoch.conf_ver,
+        version: epoch.version,
+    }
 }
 
 pub(crate) fn api_version(ctx: &kvrpcpb::Context) -> Result<ApiVersion, StorageError> {
@@ -127,22 +145,63 @@ pub(crate) fn api_version(ctx: &kvrpcpb::Context) -> Result<ApiVersion, StorageE
 }
 
 /// Checks a client key: size, emptiness and (API V2) its mode prefix.
-pub(crate) fn check_key(api: ApiVersion, key: &[u8], raw: bool, allow_empty: bool) -> Result<(), StorageError> {
+pub(crate) fn check_key(
+    api: ApiVersion,
+    key: &[u8],
+    raw: bool,
+    allow_empty: bool,
+) -> Result<(), StorageError> {
     if key.is_empty() {
-        return if allow_empty { Ok(()) } else { Err(invalid("key must not be empty")) };
+        return if allow_empty {
+            Ok(())
+        } else {
+            Err(invalid("key must not be empty"))
+        };
     }
     if key.len() > MAX_KEY_SIZE {
-        return Err(invalid(format!("key is {} bytes, the limit is {MAX_KEY_SIZE}", key.len())));
+        return Err(invalid(format!(
+            "key is {} bytes, the limit is {MAX_KEY_SIZE}",
+            key.len()
+        )));
     }
     if api == ApiVersion::V2 {
-        check_v2_key(key, if raw { RAW_MODE_PREFIX } else { TXN_MODE_PREFIX }).map_err(invalid)?;
+        check_v2_key(
+            key,
+            if raw {
+                RAW_MODE_PREFIX
+            } else {
+                TXN_MODE_PREFIX
+            },
+        )
+        .map_err(invalid)?;
     }
     Ok(())
 }
 
-/// Checks a range bound: may be empty (unbounded), else like a key.
+/// Checks a range bound: may be empty (unbounded). Under API V2 it must lie
+/// in the request's key mode, or be the first key past it (`mode + 1`), which
+/// clients send as the end of the last keyspace.
 pub(crate) fn check_bound(api: ApiVersion, key: &[u8], raw: bool) -> Result<(), StorageError> {
-    check_key(api, key, raw, true)
+    if key.len() > MAX_KEY_SIZE {
+        return Err(invalid(format!(
+            "key is {} bytes, the limit is {MAX_KEY_SIZE}",
+            key.len()
+        )));
+    }
+    let mode = if raw {
+        RAW_MODE_PREFIX
+    } else {
+        TXN_MODE_PREFIX
+    };
+    match key.first() {
+        Some(first) if api == ApiVersion::V2 && *first != mode && key != [mode + 1] => {
+            Err(invalid(format!(
+                "API V2 range bound must start with '{}'",
+                mode as char
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn read_options(ctx: &kvrpcpb::Context, ts: u64) -> ReadOptions {
@@ -184,21 +243,29 @@ impl<E: Engine> Storage<E> {
     pub(crate) fn check_value(&self, value: &[u8]) -> Result<(), StorageError> {
         let limit = self.inner.config.max_value_size;
         if value.len() > limit {
-            return Err(invalid(format!("value is {} bytes, the limit is {limit}", value.len())));
+            return Err(invalid(format!(
+                "value is {} bytes, the limit is {limit}",
+                value.len()
+            )));
         }
         Ok(())
     }
 
     /// Wall clock in unix seconds, for raw TTLs.
     pub(crate) fn now_secs(&self) -> u64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
         let skew = self.inner.clock_skew_secs.load(Ordering::Relaxed);
         now.saturating_add_signed(skew)
     }
 
     #[cfg(test)]
     pub(crate) fn advance_clock(&self, secs: i64) {
-        self.inner.clock_skew_secs.fetch_add(secs, Ordering::Relaxed);
+        self.inner
+            .clock_skew_secs
+            .fetch_add(secs, Ordering::Relaxed);
     }
 
     pub(crate) fn lock_manager(&self) -> &Arc<LockManager> {
@@ -217,7 +284,11 @@ impl<E: Engine> Storage<E> {
     where
         F: FnOnce(&MvccReader<'_, E::Snap>, &mut MvccTxn) -> TxnResult<T>,
     {
-        let _latches = self.inner.latches.acquire(keys.iter().map(Vec::as_slice)).await;
+        let _latches = self
+            .inner
+            .latches
+            .acquire(keys.iter().map(Vec::as_slice))
+            .await;
         let snap = self.inner.engine.async_snapshot(ctx).await?;
         let mut txn = MvccTxn::new();
         let out = f(&MvccReader::new(&snap), &mut txn);

@@ -122,7 +122,13 @@ impl Lock {
         out.push(VERSION);
         out.push(self.lock_type.code());
         out.push(flags);
-        for v in [self.ts, self.ttl, self.for_update_ts, self.txn_size, self.min_commit_ts] {
+        for v in [
+            self.ts,
+            self.ttl,
+            self.for_update_ts,
+            self.txn_size,
+            self.min_commit_ts,
+        ] {
             put_u64(&mut out, v);
         }
         put_bytes(&mut out, &self.primary);
@@ -246,14 +252,20 @@ mod tests {
     fn corrupt_bytes_are_errors_not_panics() {
         let good = full().encode();
         for n in 0..good.len() {
-            assert!(Lock::decode(&good[..n]).is_err(), "prefix of {n} bytes decoded");
+            assert!(
+                Lock::decode(&good[..n]).is_err(),
+                "prefix of {n} bytes decoded"
+            );
         }
         let mut trailing = good.clone();
         trailing.push(0);
         assert!(Lock::decode(&trailing).is_err());
         let mut bad_version = good.clone();
         bad_version[0] = 9;
-        assert_eq!(Lock::decode(&bad_version), Err(RecordError::Version(WHAT, 9)));
+        assert_eq!(
+            Lock::decode(&bad_version),
+            Err(RecordError::Version(WHAT, 9))
+        );
         let mut bad_type = good.clone();
         bad_type[1] = 0;
         assert!(Lock::decode(&bad_type).is_err());

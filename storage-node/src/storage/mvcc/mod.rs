@@ -11,8 +11,8 @@
 //! Timestamps are TSO values: `physical_ms << 18 | logical`.
 
 pub mod lock;
-mod record;
 pub mod reader;
+mod record;
 pub mod scanner;
 pub mod txn;
 pub mod write;
@@ -117,10 +117,15 @@ pub enum LockAccess {
 
 /// TiKV's `check_ts_conflict`: whether `lock` on `key` blocks a read at
 /// `opts.ts`.
-pub fn check_lock_conflict(lock: &Lock, key: &[u8], opts: &ReadOptions) -> Result<LockAccess, KeyErr> {
+pub fn check_lock_conflict(
+    lock: &Lock,
+    key: &[u8],
+    opts: &ReadOptions,
+) -> Result<LockAccess, KeyErr> {
     if !opts.check_locks
         || lock.ts > opts.ts
         || matches!(lock.lock_type, LockType::Lock | LockType::Pessimistic)
+        || lock.min_commit_ts > opts.ts
         || opts.bypass_locks.contains(&lock.ts)
     {
         return Ok(LockAccess::Ignore);
@@ -162,30 +167,61 @@ mod tests {
     #[test]
     fn lock_conflict_rules() {
         let mut lock = Lock::new(LockType::Put, b"p".to_vec(), 10, 100);
-        let mut opts = ReadOptions { ts: 20, check_locks: true, ..Default::default() };
-        assert!(matches!(check_lock_conflict(&lock, b"k", &opts), Err(KeyErr::Locked(_))));
+        let mut opts = ReadOptions {
+            ts: 20,
+            check_locks: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            check_lock_conflict(&lock, b"k", &opts),
+            Err(KeyErr::Locked(_))
+        ));
         opts.ts = 9;
-        assert_eq!(check_lock_conflict(&lock, b"k", &opts), Ok(LockAccess::Ignore));
+        assert_eq!(
+            check_lock_conflict(&lock, b"k", &opts),
+            Ok(LockAccess::Ignore)
+        );
         opts.ts = 20;
         opts.bypass_locks = vec![10];
-        assert_eq!(check_lock_conflict(&lock, b"k", &opts), Ok(LockAccess::Ignore));
+        assert_eq!(
+            check_lock_conflict(&lock, b"k", &opts),
+            Ok(LockAccess::Ignore)
+        );
         opts.bypass_locks.clear();
         opts.access_locks = vec![10];
-        assert_eq!(check_lock_conflict(&lock, b"k", &opts), Ok(LockAccess::ReadThrough));
+        assert_eq!(
+            check_lock_conflict(&lock, b"k", &opts),
+            Ok(LockAccess::ReadThrough)
+        );
         opts.access_locks.clear();
         lock.min_commit_ts = 21;
-        assert_eq!(check_lock_conflict(&lock, b"k", &opts), Ok(LockAccess::Ignore));
+        assert_eq!(
+            check_lock_conflict(&lock, b"k", &opts),
+            Ok(LockAccess::Ignore)
+        );
         lock.min_commit_ts = 0;
         lock.lock_type = LockType::Pessimistic;
-        assert_eq!(check_lock_conflict(&lock, b"k", &opts), Ok(LockAccess::Ignore));
+        assert_eq!(
+            check_lock_conflict(&lock, b"k", &opts),
+            Ok(LockAccess::Ignore)
+        );
         lock.lock_type = LockType::Lock;
-        assert_eq!(check_lock_conflict(&lock, b"k", &opts), Ok(LockAccess::Ignore));
+        assert_eq!(
+            check_lock_conflict(&lock, b"k", &opts),
+            Ok(LockAccess::Ignore)
+        );
         lock.lock_type = LockType::Delete;
         opts.check_locks = false;
-        assert_eq!(check_lock_conflict(&lock, b"k", &opts), Ok(LockAccess::Ignore));
+        assert_eq!(
+            check_lock_conflict(&lock, b"k", &opts),
+            Ok(LockAccess::Ignore)
+        );
         opts.check_locks = true;
         opts.ts = u64::MAX;
-        assert_eq!(check_lock_conflict(&lock, b"p", &opts), Ok(LockAccess::Ignore));
+        assert_eq!(
+            check_lock_conflict(&lock, b"p", &opts),
+            Ok(LockAccess::Ignore)
+        );
         assert!(check_lock_conflict(&lock, b"k", &opts).is_err());
     }
 }

@@ -5,8 +5,8 @@ use crate::engine::{CfName, EngineIterator, Snapshot};
 use crate::storage::errors::{StorageError, TxnResult};
 
 use super::{
-    append_version, check_lock_conflict, decode_lock_key, lock_key, prefix_next, split_versioned_key,
-    versioned_key, Lock, LockAccess, LockType, ReadOptions, Write, WriteType,
+    append_version, check_lock_conflict, decode_lock_key, lock_key, prefix_next,
+    split_versioned_key, versioned_key, Lock, LockAccess, LockType, ReadOptions, Write, WriteType,
 };
 
 /// What the write CF says about one transaction on one key.
@@ -26,7 +26,9 @@ impl TxnCommitRecord {
     /// The commit timestamp if the transaction is committed on this key.
     pub fn committed_ts(&self) -> Option<u64> {
         match self {
-            TxnCommitRecord::SingleRecord { commit_ts, write } if write.write_type != WriteType::Rollback => {
+            TxnCommitRecord::SingleRecord { commit_ts, write }
+                if write.write_type != WriteType::Rollback =>
+            {
                 Some(*commit_ts)
             }
             _ => None,
@@ -93,8 +95,13 @@ impl<'a, S: Snapshot> MvccReader<'a, S> {
         let encoded = encode_bytes(key);
         let lower = append_version(&encoded, ts);
         let upper = prefix_next(&encoded);
-        let iter = self.snap.iter_cf(CfName::Write, Some(&lower), Some(&upper))?;
-        Ok(WriteCursor { iter, positioned: false })
+        let iter = self
+            .snap
+            .iter_cf(CfName::Write, Some(&lower), Some(&upper))?;
+        Ok(WriteCursor {
+            iter,
+            positioned: false,
+        })
     }
 
     /// The newest record of `key` with `commit_ts <= ts`, of any type.
@@ -116,7 +123,9 @@ impl<'a, S: Snapshot> MvccReader<'a, S> {
     /// The committed value of `key` visible at `ts`, ignoring locks.
     pub fn get(&self, key: &[u8], ts: u64) -> Result<Option<Vec<u8>>, StorageError> {
         match self.get_write(key, ts)? {
-            Some((_, write)) if write.write_type == WriteType::Put => Ok(Some(self.load_data(key, write)?)),
+            Some((_, write)) if write.write_type == WriteType::Put => {
+                Ok(Some(self.load_data(key, write)?))
+            }
             _ => Ok(None),
         }
     }
@@ -137,7 +146,12 @@ impl<'a, S: Snapshot> MvccReader<'a, S> {
     }
 
     /// The value a (committed, per the client) lock carries.
-    pub(crate) fn load_lock_value(&self, key: &[u8], lock: Lock, ts: u64) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(crate) fn load_lock_value(
+        &self,
+        key: &[u8],
+        lock: Lock,
+        ts: u64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         match lock.lock_type {
             LockType::Put => {
                 let write = Write::new(WriteType::Put, lock.ts, lock.short_value);
@@ -162,7 +176,11 @@ impl<'a, S: Snapshot> MvccReader<'a, S> {
 
     /// Finds the transaction `start_ts`'s record on `key`. Its commit_ts is
     /// always >= start_ts, so only versions down to start_ts are examined.
-    pub fn get_txn_commit_record(&self, key: &[u8], start_ts: u64) -> Result<TxnCommitRecord, StorageError> {
+    pub fn get_txn_commit_record(
+        &self,
+        key: &[u8],
+        start_ts: u64,
+    ) -> Result<TxnCommitRecord, StorageError> {
         let mut cursor = self.write_cursor(key, u64::MAX)?;
         let mut overlapped_write = None;
         while let Some((commit_ts, write)) = cursor.next_version()? {
@@ -194,7 +212,9 @@ impl<'a, S: Snapshot> MvccReader<'a, S> {
     ) -> Result<(ScannedLocks, bool), StorageError> {
         let lower = lock_key(start);
         let upper = (!end.is_empty()).then(|| lock_key(end));
-        let mut iter = self.snap.iter_cf(CfName::Lock, Some(&lower), upper.as_deref())?;
+        let mut iter = self
+            .snap
+            .iter_cf(CfName::Lock, Some(&lower), upper.as_deref())?;
         let mut out = Vec::new();
         let mut valid = iter.seek_to_first()?;
         while valid {

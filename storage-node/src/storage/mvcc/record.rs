@@ -121,7 +121,10 @@ mod tests {
         // A length far larger than the record must not allocate or panic.
         let mut out = vec![];
         put_varint(&mut out, u64::MAX);
-        assert_eq!(RecordReader::new(&out, "t").bytes(), Err(RecordError::Truncated("t")));
+        assert_eq!(
+            RecordReader::new(&out, "t").bytes(),
+            Err(RecordError::Truncated("t"))
+        );
         assert!(RecordReader::new(&out, "t").count(8).is_err());
     }
 }

@@ -75,7 +75,11 @@ pub fn scan<S: Snapshot>(snap: &S, spec: &ScanSpec<'_>) -> Result<Vec<ScanItem>,
                 }
                 Ok(LockAccess::Ignore) => {}
             }
-            lock_ok = if spec.reverse { locks.prev()? } else { locks.next()? };
+            lock_ok = if spec.reverse {
+                locks.prev()?
+            } else {
+                locks.next()?
+            };
         }
 
         if write_key.as_deref() == Some(cur.as_slice()) {
@@ -106,7 +110,11 @@ pub fn scan<S: Snapshot>(snap: &S, spec: &ScanSpec<'_>) -> Result<Vec<ScanItem>,
 
 /// Positions `writes` at `encoded`'s newest version <= ts and walks past
 /// Lock/Rollback records; returns the Put found (None for Delete or nothing).
-fn visible_write<I: EngineIterator>(writes: &mut I, encoded: &[u8], ts: u64) -> Result<Option<Write>, StorageError> {
+fn visible_write<I: EngineIterator>(
+    writes: &mut I,
+    encoded: &[u8],
+    ts: u64,
+) -> Result<Option<Write>, StorageError> {
     let mut valid = writes.seek(&append_version(encoded, ts))?;
     while valid {
         let (key, _) = split_versioned_key(writes.key())?;
@@ -123,10 +131,16 @@ fn visible_write<I: EngineIterator>(writes: &mut I, encoded: &[u8], ts: u64) -> 
     Ok(None)
 }
 
-fn load_value<S: Snapshot>(snap: &S, encoded: &[u8], write: Write) -> Result<Vec<u8>, StorageError> {
+fn load_value<S: Snapshot>(
+    snap: &S,
+    encoded: &[u8],
+    write: Write,
+) -> Result<Vec<u8>, StorageError> {
     if let Some(v) = write.short_value {
         return Ok(v);
     }
     snap.get_cf(CfName::Default, &append_version(encoded, write.start_ts))?
-        .ok_or_else(|| StorageError::Corrupted(format!("value written at {} is missing", write.start_ts)))
+        .ok_or_else(|| {
+            StorageError::Corrupted(format!("value written at {} is missing", write.start_ts))
+        })
 }

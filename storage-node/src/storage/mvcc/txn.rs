@@ -21,28 +21,42 @@ impl MvccTxn {
     }
 
     pub fn put_lock(&mut self, key: &[u8], lock: &Lock) {
-        self.modifies.push(Modify::Put(CfName::Lock, lock_key(key), lock.encode()));
+        self.modifies
+            .push(Modify::Put(CfName::Lock, lock_key(key), lock.encode()));
     }
 
     pub fn unlock_key(&mut self, key: &[u8]) {
-        self.modifies.push(Modify::Delete(CfName::Lock, lock_key(key)));
+        self.modifies
+            .push(Modify::Delete(CfName::Lock, lock_key(key)));
         self.released.push(key.to_vec());
     }
 
     pub fn put_value(&mut self, key: &[u8], start_ts: u64, value: Vec<u8>) {
-        self.modifies.push(Modify::Put(CfName::Default, versioned_key(key, start_ts), value));
+        self.modifies.push(Modify::Put(
+            CfName::Default,
+            versioned_key(key, start_ts),
+            value,
+        ));
     }
 
     pub fn delete_value(&mut self, key: &[u8], start_ts: u64) {
-        self.modifies.push(Modify::Delete(CfName::Default, versioned_key(key, start_ts)));
+        self.modifies.push(Modify::Delete(
+            CfName::Default,
+            versioned_key(key, start_ts),
+        ));
     }
 
     pub fn put_write(&mut self, key: &[u8], commit_ts: u64, write: &Write) {
-        self.modifies.push(Modify::Put(CfName::Write, versioned_key(key, commit_ts), write.encode()));
+        self.modifies.push(Modify::Put(
+            CfName::Write,
+            versioned_key(key, commit_ts),
+            write.encode(),
+        ));
     }
 
     pub fn delete_write(&mut self, key: &[u8], commit_ts: u64) {
-        self.modifies.push(Modify::Delete(CfName::Write, versioned_key(key, commit_ts)));
+        self.modifies
+            .push(Modify::Delete(CfName::Write, versioned_key(key, commit_ts)));
     }
 
     pub fn add_guard(&mut self, guard: MemLockGuard) {

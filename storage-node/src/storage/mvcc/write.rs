@@ -74,7 +74,12 @@ pub struct Write {
 
 impl Write {
     pub fn new(write_type: WriteType, start_ts: u64, short_value: Option<Vec<u8>>) -> Self {
-        Write { write_type, start_ts, short_value, has_overlapped_rollback: false }
+        Write {
+            write_type,
+            start_ts,
+            short_value,
+            has_overlapped_rollback: false,
+        }
     }
 
     pub fn rollback(start_ts: u64) -> Self {
@@ -141,7 +146,11 @@ mod tests {
     fn round_trips() {
         let mut w = Write::new(WriteType::Put, 7, Some(b"value".to_vec()));
         w.has_overlapped_rollback = true;
-        for w in [w, Write::rollback(3), Write::new(WriteType::Delete, 1, None)] {
+        for w in [
+            w,
+            Write::rollback(3),
+            Write::new(WriteType::Delete, 1, None),
+        ] {
             assert_eq!(Write::decode(&w.encode()), Ok(w));
         }
     }

@@ -33,7 +33,10 @@ fn check_cf(cf: &str) -> Result<(), StorageError> {
     }
 }
 
-fn raw_ctx(ctx: Option<&kvrpcpb::Context>, cf: &str) -> Result<(ApiVersion, EngineContext), StorageError> {
+fn raw_ctx(
+    ctx: Option<&kvrpcpb::Context>,
+    cf: &str,
+) -> Result<(ApiVersion, EngineContext), StorageError> {
     check_cf(cf)?;
     let api = match ctx {
         Some(c) => api_version(c)?,
@@ -61,12 +64,27 @@ fn user_key(api: ApiVersion, stored: &[u8]) -> Result<Vec<u8>, StorageError> {
 /// unbounded side stops at the raw key mode, never reaching other modes.
 fn stored_range(api: ApiVersion, lower: &[u8], upper: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
     if api == ApiVersion::V2 {
-        let lower = if lower.is_empty() { encode_bytes(&[RAW_MODE_PREFIX]) } else { encode_bytes(lower) };
-        let upper = if upper.is_empty() { encode_bytes(&[RAW_MODE_PREFIX + 1]) } else { encode_bytes(upper) };
+        let lower = if lower.is_empty() {
+            encode_bytes(&[RAW_MODE_PREFIX])
+        } else {
+            encode_bytes(lower)
+        };
+        let upper = if upper.is_empty() {
+            encode_bytes(&[RAW_MODE_PREFIX + 1])
+        } else {
+            encode_bytes(upper)
+        };
         (lower, Some(upper))
     } else {
         (lower.to_vec(), (!upper.is_empty()).then(|| upper.to_vec()))
     }
+}
+
+/// Whether a default CF key has the shape of a transactional value key,
+/// `encode(key) + desc(start_ts)`.
+fn is_txn_value_key(stored: &[u8]) -> bool {
+    stored.len() > 8
+        && decode_bytes(&stored[..stored.len() - 8]).is_ok_and(|(_, used)| used == stored.len() - 8)
 }
 
 /// Live value of a stored entry, or None if expired.
@@ -84,7 +102,12 @@ struct ScanArgs<'a> {
 }
 
 impl<E: Engine> Storage<E> {
-    fn raw_read<S: Snapshot>(&self, snap: &S, api: ApiVersion, key: &[u8]) -> Result<Option<RawValue>, StorageError> {
+    fn raw_read<S: Snapshot>(
+        &self,
+        snap: &S,
+        api: ApiVersion,
+        key: &[u8],
+    ) -> Result<Option<RawValue>, StorageError> {
         match snap.get_cf(CfName::Default, &stored_key(api, key))? {
             Some(bytes) => live(&bytes, self.now_secs()),
             None => Ok(None),
@@ -92,13 +115,27 @@ impl<E: Engine> Storage<E> {
     }
 
     /// Writes `modifies` while holding the latches of `stored_keys`.
-    async fn raw_write(&self, ctx: &EngineContext, stored_keys: &[Vec<u8>], modifies: Vec<Modify>) -> Result<(), StorageError> {
-        let _latches = self.inner.latches.acquire(stored_keys.iter().map(Vec::as_slice)).await;
+    async fn raw_write(
+        &self,
+        ctx: &EngineContext,
+        stored_keys: &[Vec<u8>],
+        modifies: Vec<Modify>,
+    ) -> Result<(), StorageError> {
+        let _latches = self
+            .inner
+            .latches
+            .acquire(stored_keys.iter().map(Vec::as_slice))
+            .await;
         self.inner.engine.async_write(ctx, modifies).await?;
         Ok(())
     }
 
-    fn raw_scan_snapshot<S: Snapshot>(&self, snap: &S, api: ApiVersion, a: &ScanArgs<'_>) -> Result<Vec<kvrpcpb::KvPair>, StorageError> {
+    fn raw_scan_snapshot<S: Snapshot>(
+        &self,
+        snap: &S,
+        api: ApiVersion,
+        a: &ScanArgs<'_>,
+    ) -> Result<Vec<kvrpcpb::KvPair>, StorageError> {
         let mut out = Vec::new();
         if a.limit == 0 {
             return Ok(out);
@@ -106,18 +143,36 @@ impl<E: Engine> Storage<E> {
         let now = self.now_secs();
         let (lower, upper) = stored_range(api, a.lower, a.upper);
         let mut it = snap.iter_cf(CfName::Default, Some(&lower), upper.as_deref())?;
-        let mut valid = if a.reverse { it.seek_to_last()? } else { it.seek_to_first()? };
+        let mut valid = if a.reverse {
+            it.seek_to_last()?
+        } else {
+            it.seek_to_first()?
+        };
         while valid && out.len() < a.limit {
-            if let Some(v) = live(it.value(), now)? {
-                let value = if a.key_only { Vec::new() } else { v.value };
-                out.push(kvrpcpb::KvPair { error: None, key: user_key(api, it.key())?, value });
+            match RawValue::decode(it.value()) {
+                Ok(v) if v.is_expired(now) => {}
+                Ok(v) => {
+                    let value = if a.key_only { Vec::new() } else { v.value };
+                    out.push(kvrpcpb::KvPair {
+                        error: None,
+                        key: user_key(api, it.key())?,
+                        value,
+                    });
+                }
+                // Under V1 long transactional values share the default CF;
+                // they are not raw data, so a raw scan steps over them.
+                Err(_) if api != ApiVersion::V2 && is_txn_value_key(it.key()) => {}
+                Err(e) => return Err(e.into()),
             }
             valid = if a.reverse { it.prev()? } else { it.next()? };
         }
         Ok(out)
     }
 
-    pub async fn raw_get(&self, req: kvrpcpb::RawGetRequest) -> Result<kvrpcpb::RawGetResponse, StorageError> {
+    pub async fn raw_get(
+        &self,
+        req: kvrpcpb::RawGetRequest,
+    ) -> Result<kvrpcpb::RawGetResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         check_key(api, &req.key, true, false)?;
         let snap = self.inner.engine.async_snapshot(&ectx).await?;
@@ -130,7 +185,10 @@ impl<E: Engine> Storage<E> {
     }
 
     /// Only keys that exist come back.
-    pub async fn raw_batch_get(&self, req: kvrpcpb::RawBatchGetRequest) -> Result<kvrpcpb::RawBatchGetResponse, StorageError> {
+    pub async fn raw_batch_get(
+        &self,
+        req: kvrpcpb::RawBatchGetRequest,
+    ) -> Result<kvrpcpb::RawBatchGetResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         for key in &req.keys {
             check_key(api, key, true, false)?;
@@ -139,13 +197,20 @@ impl<E: Engine> Storage<E> {
         let mut resp = kvrpcpb::RawBatchGetResponse::default();
         for key in req.keys {
             if let Some(v) = self.raw_read(&snap, api, &key)? {
-                resp.pairs.push(kvrpcpb::KvPair { error: None, key, value: v.value });
+                resp.pairs.push(kvrpcpb::KvPair {
+                    error: None,
+                    key,
+                    value: v.value,
+                });
             }
         }
         Ok(resp)
     }
 
-    pub async fn raw_get_key_ttl(&self, req: kvrpcpb::RawGetKeyTtlRequest) -> Result<kvrpcpb::RawGetKeyTtlResponse, StorageError> {
+    pub async fn raw_get_key_ttl(
+        &self,
+        req: kvrpcpb::RawGetKeyTtlRequest,
+    ) -> Result<kvrpcpb::RawGetKeyTtlResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         check_key(api, &req.key, true, false)?;
         let snap = self.inner.engine.async_snapshot(&ectx).await?;
@@ -158,20 +223,30 @@ impl<E: Engine> Storage<E> {
     }
 
     /// `ttl` in seconds, 0 = no expiry.
-    pub async fn raw_put(&self, req: kvrpcpb::RawPutRequest) -> Result<kvrpcpb::RawPutResponse, StorageError> {
+    pub async fn raw_put(
+        &self,
+        req: kvrpcpb::RawPutRequest,
+    ) -> Result<kvrpcpb::RawPutResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         check_key(api, &req.key, true, false)?;
         self.check_value(&req.value)?;
         let key = stored_key(api, &req.key);
         let value = RawValue::with_ttl(req.value, req.ttl, self.now_secs()).encode();
-        self.raw_write(&ectx, std::slice::from_ref(&key), vec![Modify::Put(CfName::Default, key.clone(), value)])
-            .await?;
+        self.raw_write(
+            &ectx,
+            std::slice::from_ref(&key),
+            vec![Modify::Put(CfName::Default, key.clone(), value)],
+        )
+        .await?;
         Ok(kvrpcpb::RawPutResponse::default())
     }
 
     /// `ttls`: one per pair, a single one for all, or empty (then the
     /// deprecated `ttl` applies to all). Atomic; a repeated key: last wins.
-    pub async fn raw_batch_put(&self, req: kvrpcpb::RawBatchPutRequest) -> Result<kvrpcpb::RawBatchPutResponse, StorageError> {
+    pub async fn raw_batch_put(
+        &self,
+        req: kvrpcpb::RawBatchPutRequest,
+    ) -> Result<kvrpcpb::RawBatchPutResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         #[allow(deprecated)]
         let default_ttl = req.ttl;
@@ -200,23 +275,36 @@ impl<E: Engine> Storage<E> {
         Ok(kvrpcpb::RawBatchPutResponse::default())
     }
 
-    pub async fn raw_delete(&self, req: kvrpcpb::RawDeleteRequest) -> Result<kvrpcpb::RawDeleteResponse, StorageError> {
+    pub async fn raw_delete(
+        &self,
+        req: kvrpcpb::RawDeleteRequest,
+    ) -> Result<kvrpcpb::RawDeleteResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         check_key(api, &req.key, true, false)?;
         let key = stored_key(api, &req.key);
-        self.raw_write(&ectx, std::slice::from_ref(&key), vec![Modify::Delete(CfName::Default, key.clone())])
-            .await?;
+        self.raw_write(
+            &ectx,
+            std::slice::from_ref(&key),
+            vec![Modify::Delete(CfName::Default, key.clone())],
+        )
+        .await?;
         Ok(kvrpcpb::RawDeleteResponse::default())
     }
 
-    pub async fn raw_batch_delete(&self, req: kvrpcpb::RawBatchDeleteRequest) -> Result<kvrpcpb::RawBatchDeleteResponse, StorageError> {
+    pub async fn raw_batch_delete(
+        &self,
+        req: kvrpcpb::RawBatchDeleteRequest,
+    ) -> Result<kvrpcpb::RawBatchDeleteResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         let mut keys = Vec::with_capacity(req.keys.len());
         for key in &req.keys {
             check_key(api, key, true, false)?;
             keys.push(stored_key(api, key));
         }
-        let modifies: Vec<Modify> = keys.iter().map(|k| Modify::Delete(CfName::Default, k.clone())).collect();
+        let modifies: Vec<Modify> = keys
+            .iter()
+            .map(|k| Modify::Delete(CfName::Default, k.clone()))
+            .collect();
         if !modifies.is_empty() {
             self.raw_write(&ectx, &keys, modifies).await?;
         }
@@ -225,7 +313,10 @@ impl<E: Engine> Storage<E> {
 
     /// Deletes `[start_key, end_key)`; an empty end is unbounded (under V2: to
     /// the end of the raw key mode).
-    pub async fn raw_delete_range(&self, req: kvrpcpb::RawDeleteRangeRequest) -> Result<kvrpcpb::RawDeleteRangeResponse, StorageError> {
+    pub async fn raw_delete_range(
+        &self,
+        req: kvrpcpb::RawDeleteRangeRequest,
+    ) -> Result<kvrpcpb::RawDeleteRangeResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         check_bound(api, &req.start_key, true)?;
         check_bound(api, &req.end_key, true)?;
@@ -241,19 +332,38 @@ impl<E: Engine> Storage<E> {
     /// Forward: `[start_key, end_key)`. Reverse (TiKV semantics): `start_key`
     /// is the exclusive upper bound, `end_key` the inclusive lower bound.
     /// Empty bounds are unbounded; `limit` 0 returns nothing.
-    pub async fn raw_scan(&self, req: kvrpcpb::RawScanRequest) -> Result<kvrpcpb::RawScanResponse, StorageError> {
+    pub async fn raw_scan(
+        &self,
+        req: kvrpcpb::RawScanRequest,
+    ) -> Result<kvrpcpb::RawScanResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         check_bound(api, &req.start_key, true)?;
         check_bound(api, &req.end_key, true)?;
-        let (lower, upper) = if req.reverse { (&req.end_key, &req.start_key) } else { (&req.start_key, &req.end_key) };
-        let args = ScanArgs { lower, upper, reverse: req.reverse, limit: req.limit as usize, key_only: req.key_only };
+        let (lower, upper) = if req.reverse {
+            (&req.end_key, &req.start_key)
+        } else {
+            (&req.start_key, &req.end_key)
+        };
+        let args = ScanArgs {
+            lower,
+            upper,
+            reverse: req.reverse,
+            limit: req.limit as usize,
+            key_only: req.key_only,
+        };
         let snap = self.inner.engine.async_snapshot(&ectx).await?;
         let kvs = self.raw_scan_snapshot(&snap, api, &args)?;
-        Ok(kvrpcpb::RawScanResponse { region_error: None, kvs })
+        Ok(kvrpcpb::RawScanResponse {
+            region_error: None,
+            kvs,
+        })
     }
 
     /// Each range scanned like `raw_scan`, at most `each_limit` pairs each.
-    pub async fn raw_batch_scan(&self, req: kvrpcpb::RawBatchScanRequest) -> Result<kvrpcpb::RawBatchScanResponse, StorageError> {
+    pub async fn raw_batch_scan(
+        &self,
+        req: kvrpcpb::RawBatchScanRequest,
+    ) -> Result<kvrpcpb::RawBatchScanResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         for r in &req.ranges {
             check_bound(api, &r.start_key, true)?;
@@ -262,7 +372,11 @@ impl<E: Engine> Storage<E> {
         let snap = self.inner.engine.async_snapshot(&ectx).await?;
         let mut kvs = Vec::new();
         for r in &req.ranges {
-            let (lower, upper) = if req.reverse { (&r.end_key, &r.start_key) } else { (&r.start_key, &r.end_key) };
+            let (lower, upper) = if req.reverse {
+                (&r.end_key, &r.start_key)
+            } else {
+                (&r.start_key, &r.end_key)
+            };
             let args = ScanArgs {
                 lower,
                 upper,
@@ -272,13 +386,19 @@ impl<E: Engine> Storage<E> {
             };
             kvs.extend(self.raw_scan_snapshot(&snap, api, &args)?);
         }
-        Ok(kvrpcpb::RawBatchScanResponse { region_error: None, kvs })
+        Ok(kvrpcpb::RawBatchScanResponse {
+            region_error: None,
+            kvs,
+        })
     }
 
     /// Sets `key` to `value` iff its current value is `previous_value` (or it
     /// does not exist, with `previous_not_exist`). Always reports what was
     /// there before.
-    pub async fn raw_compare_and_swap(&self, req: kvrpcpb::RawCasRequest) -> Result<kvrpcpb::RawCasResponse, StorageError> {
+    pub async fn raw_compare_and_swap(
+        &self,
+        req: kvrpcpb::RawCasRequest,
+    ) -> Result<kvrpcpb::RawCasResponse, StorageError> {
         let (api, ectx) = raw_ctx(req.context.as_ref(), &req.cf)?;
         check_key(api, &req.key, true, false)?;
         self.check_value(&req.value)?;
@@ -293,9 +413,15 @@ impl<E: Engine> Storage<E> {
         };
         if succeed {
             let value = RawValue::with_ttl(req.value, req.ttl, self.now_secs()).encode();
-            self.inner.engine.async_write(&ectx, vec![Modify::Put(CfName::Default, key, value)]).await?;
+            self.inner
+                .engine
+                .async_write(&ectx, vec![Modify::Put(CfName::Default, key, value)])
+                .await?;
         }
-        let mut resp = kvrpcpb::RawCasResponse { succeed, ..Default::default() };
+        let mut resp = kvrpcpb::RawCasResponse {
+            succeed,
+            ..Default::default()
+        };
         match previous {
             Some(v) => resp.previous_value = v.value,
             None => resp.previous_not_exist = true,

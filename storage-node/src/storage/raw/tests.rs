@@ -8,7 +8,10 @@ use crate::storage::test_util::*;
 use crate::storage::{StorageError, MAX_KEY_SIZE};
 
 fn c(api: ApiVersion) -> Option<kvrpcpb::Context> {
-    Some(kvrpcpb::Context { api_version: api as i32, ..ctx().unwrap() })
+    Some(kvrpcpb::Context {
+        api_version: api as i32,
+        ..ctx().unwrap()
+    })
 }
 
 impl TestStore {
@@ -28,13 +31,23 @@ impl TestStore {
     async fn raw_get(&self, key: &[u8]) -> Option<Vec<u8>> {
         let r = self
             .storage
-            .raw_get(kvrpcpb::RawGetRequest { context: ctx(), key: key.to_vec(), cf: String::new() })
+            .raw_get(kvrpcpb::RawGetRequest {
+                context: ctx(),
+                key: key.to_vec(),
+                cf: String::new(),
+            })
             .await
             .unwrap();
         (!r.not_found).then_some(r.value)
     }
 
-    async fn raw_scan(&self, start: &[u8], end: &[u8], limit: u32, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+    async fn raw_scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+        reverse: bool,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         let r = self
             .storage
             .raw_scan(kvrpcpb::RawScanRequest {
@@ -64,18 +77,38 @@ async fn put_get_delete_and_batches() {
     s.raw_put(b"k1", b"", 0).await;
     assert_eq!(s.raw_get(b"k1").await, Some(vec![]), "empty values exist");
     s.storage
-        .raw_delete(kvrpcpb::RawDeleteRequest { context: ctx(), key: b"k1".to_vec(), ..Default::default() })
+        .raw_delete(kvrpcpb::RawDeleteRequest {
+            context: ctx(),
+            key: b"k1".to_vec(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(s.raw_get(b"k1").await, None);
 
     let pairs = vec![
-        kvrpcpb::KvPair { key: b"a".to_vec(), value: b"1".to_vec(), error: None },
-        kvrpcpb::KvPair { key: b"b".to_vec(), value: b"2".to_vec(), error: None },
-        kvrpcpb::KvPair { key: b"c".to_vec(), value: b"3".to_vec(), error: None },
+        kvrpcpb::KvPair {
+            key: b"a".to_vec(),
+            value: b"1".to_vec(),
+            error: None,
+        },
+        kvrpcpb::KvPair {
+            key: b"b".to_vec(),
+            value: b"2".to_vec(),
+            error: None,
+        },
+        kvrpcpb::KvPair {
+            key: b"c".to_vec(),
+            value: b"3".to_vec(),
+            error: None,
+        },
     ];
     s.storage
-        .raw_batch_put(kvrpcpb::RawBatchPutRequest { context: ctx(), pairs, ..Default::default() })
+        .raw_batch_put(kvrpcpb::RawBatchPutRequest {
+            context: ctx(),
+            pairs,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let r = s
@@ -110,7 +143,11 @@ async fn ttl_expiry_hides_values_everywhere() {
         let storage = s.storage.clone();
         async move {
             let r = storage
-                .raw_get_key_ttl(kvrpcpb::RawGetKeyTtlRequest { context: ctx(), key: key.to_vec(), cf: String::new() })
+                .raw_get_key_ttl(kvrpcpb::RawGetKeyTtlRequest {
+                    context: ctx(),
+                    key: key.to_vec(),
+                    cf: String::new(),
+                })
                 .await
                 .unwrap();
             (!r.not_found).then_some(r.ttl)
@@ -123,7 +160,12 @@ async fn ttl_expiry_hides_values_everywhere() {
     assert_eq!(s.raw_get(b"short").await, None);
     assert_eq!(ttl(b"short").await, None);
     assert_eq!(ttl(b"long").await, Some(89));
-    let keys: Vec<Vec<u8>> = s.raw_scan(b"", b"", 10, false).await.into_iter().map(|(k, _)| k).collect();
+    let keys: Vec<Vec<u8>> = s
+        .raw_scan(b"", b"", 10, false)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(keys, vec![b"forever".to_vec(), b"long".to_vec()]);
     // Limits count live pairs only.
     assert_eq!(s.raw_scan(b"", b"", 1, true).await, vec![kv(b"long", b"v")]);
@@ -142,14 +184,34 @@ async fn ttl_expiry_hides_values_everywhere() {
     assert!(r.succeed && r.previous_not_exist);
     // Batch put TTLs: one per pair, one for all, or none.
     let pairs = |keys: &[&[u8]]| -> Vec<kvrpcpb::KvPair> {
-        keys.iter().map(|k| kvrpcpb::KvPair { key: k.to_vec(), value: b"v".to_vec(), error: None }).collect()
+        keys.iter()
+            .map(|k| kvrpcpb::KvPair {
+                key: k.to_vec(),
+                value: b"v".to_vec(),
+                error: None,
+            })
+            .collect()
     };
-    let put = |pairs, ttls| kvrpcpb::RawBatchPutRequest { context: ctx(), pairs, ttls, ..Default::default() };
-    s.storage.raw_batch_put(put(pairs(&[b"t1", b"t2"]), vec![5, 50])).await.unwrap();
-    s.storage.raw_batch_put(put(pairs(&[b"t3", b"t4"]), vec![7])).await.unwrap();
+    let put = |pairs, ttls| kvrpcpb::RawBatchPutRequest {
+        context: ctx(),
+        pairs,
+        ttls,
+        ..Default::default()
+    };
+    s.storage
+        .raw_batch_put(put(pairs(&[b"t1", b"t2"]), vec![5, 50]))
+        .await
+        .unwrap();
+    s.storage
+        .raw_batch_put(put(pairs(&[b"t3", b"t4"]), vec![7]))
+        .await
+        .unwrap();
     assert_eq!((ttl(b"t1").await, ttl(b"t2").await), (Some(5), Some(50)));
     assert_eq!((ttl(b"t3").await, ttl(b"t4").await), (Some(7), Some(7)));
-    let r = s.storage.raw_batch_put(put(pairs(&[b"t5", b"t6", b"t7"]), vec![1, 2])).await;
+    let r = s
+        .storage
+        .raw_batch_put(put(pairs(&[b"t5", b"t6", b"t7"]), vec![1, 2]))
+        .await;
     assert!(matches!(r, Err(StorageError::InvalidArgument(_))));
     assert_eq!(s.raw_get(b"t5").await, None);
 }
@@ -160,7 +222,8 @@ async fn scans_forward_reverse_and_batched() {
     for k in [b"a", b"b", b"c", b"d", b"e"] {
         s.raw_put(k, k, 0).await;
     }
-    let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<u8> { v.into_iter().map(|(k, _)| k[0]).collect() };
+    let keys =
+        |v: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<u8> { v.into_iter().map(|(k, _)| k[0]).collect() };
     assert_eq!(keys(s.raw_scan(b"b", b"d", 10, false).await), b"bc");
     assert_eq!(keys(s.raw_scan(b"b", b"", 2, false).await), b"bc");
     assert_eq!(keys(s.raw_scan(b"", b"", 0, false).await), b"");
@@ -169,7 +232,12 @@ async fn scans_forward_reverse_and_batched() {
     assert_eq!(keys(s.raw_scan(b"", b"", 3, true).await), b"edc");
     let r = s
         .storage
-        .raw_scan(kvrpcpb::RawScanRequest { context: ctx(), limit: 10, key_only: true, ..Default::default() })
+        .raw_scan(kvrpcpb::RawScanRequest {
+            context: ctx(),
+            limit: 10,
+            key_only: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(r.kvs.iter().all(|p| p.value.is_empty()) && r.kvs.len() == 5);
@@ -178,8 +246,14 @@ async fn scans_forward_reverse_and_batched() {
         .raw_batch_scan(kvrpcpb::RawBatchScanRequest {
             context: ctx(),
             ranges: vec![
-                kvrpcpb::KeyRange { start_key: b"a".to_vec(), end_key: b"c".to_vec() },
-                kvrpcpb::KeyRange { start_key: b"c".to_vec(), end_key: b"".to_vec() },
+                kvrpcpb::KeyRange {
+                    start_key: b"a".to_vec(),
+                    end_key: b"c".to_vec(),
+                },
+                kvrpcpb::KeyRange {
+                    start_key: b"c".to_vec(),
+                    end_key: b"".to_vec(),
+                },
             ],
             each_limit: 2,
             ..Default::default()
@@ -220,14 +294,30 @@ async fn compare_and_swap() {
         previous_value: prev.unwrap_or_default().to_vec(),
         ..Default::default()
     };
-    let r = s.storage.raw_compare_and_swap(cas(None, b"1")).await.unwrap();
+    let r = s
+        .storage
+        .raw_compare_and_swap(cas(None, b"1"))
+        .await
+        .unwrap();
     assert!(r.succeed && r.previous_not_exist);
-    let r = s.storage.raw_compare_and_swap(cas(None, b"2")).await.unwrap();
+    let r = s
+        .storage
+        .raw_compare_and_swap(cas(None, b"2"))
+        .await
+        .unwrap();
     assert!(!r.succeed && !r.previous_not_exist);
     assert_eq!(r.previous_value, b"1");
-    let r = s.storage.raw_compare_and_swap(cas(Some(b"0"), b"2")).await.unwrap();
+    let r = s
+        .storage
+        .raw_compare_and_swap(cas(Some(b"0"), b"2"))
+        .await
+        .unwrap();
     assert!(!r.succeed);
-    let r = s.storage.raw_compare_and_swap(cas(Some(b"1"), b"2")).await.unwrap();
+    let r = s
+        .storage
+        .raw_compare_and_swap(cas(Some(b"1"), b"2"))
+        .await
+        .unwrap();
     assert!(r.succeed);
     assert_eq!(r.previous_value, b"1");
     assert_eq!(s.raw_get(b"k").await, Some(b"2".to_vec()));
@@ -244,7 +334,11 @@ async fn concurrent_cas_increments_are_atomic() {
             let mut done = 0;
             while done < 10 {
                 let cur = storage
-                    .raw_get(kvrpcpb::RawGetRequest { context: ctx(), key: b"n".to_vec(), cf: String::new() })
+                    .raw_get(kvrpcpb::RawGetRequest {
+                        context: ctx(),
+                        key: b"n".to_vec(),
+                        cf: String::new(),
+                    })
                     .await
                     .unwrap()
                     .value;
@@ -281,8 +375,14 @@ async fn api_v2_keys_need_the_raw_prefix_and_stay_in_their_keyspace() {
         value: b"v".to_vec(),
         ..Default::default()
     };
-    assert!(matches!(s.storage.raw_put(put(b"x\0\0\0k")).await, Err(StorageError::InvalidArgument(_))));
-    assert!(matches!(s.storage.raw_put(put(b"r\0")).await, Err(StorageError::InvalidArgument(_))));
+    assert!(matches!(
+        s.storage.raw_put(put(b"x\0\0\0k")).await,
+        Err(StorageError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.storage.raw_put(put(b"r\0")).await,
+        Err(StorageError::InvalidArgument(_))
+    ));
     s.storage.raw_put(put(b"r\0\0\0k1")).await.unwrap();
     s.storage.raw_put(put(b"r\0\0\0k2")).await.unwrap();
     // A transaction in the same store under V2 does not show up in raw scans.
@@ -300,14 +400,22 @@ async fn api_v2_keys_need_the_raw_prefix_and_stay_in_their_keyspace() {
     assert!(s.storage.kv_commit(commit).await.unwrap().error.is_none());
     let r = s
         .storage
-        .raw_scan(kvrpcpb::RawScanRequest { context: v2.clone(), limit: 10, ..Default::default() })
+        .raw_scan(kvrpcpb::RawScanRequest {
+            context: v2.clone(),
+            limit: 10,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let keys: Vec<Vec<u8>> = r.kvs.into_iter().map(|p| p.key).collect();
     assert_eq!(keys, vec![b"r\0\0\0k1".to_vec(), b"r\0\0\0k2".to_vec()]);
     let r = s
         .storage
-        .raw_get(kvrpcpb::RawGetRequest { context: v2.clone(), key: b"r\0\0\0k2".to_vec(), cf: String::new() })
+        .raw_get(kvrpcpb::RawGetRequest {
+            context: v2.clone(),
+            key: b"r\0\0\0k2".to_vec(),
+            cf: String::new(),
+        })
         .await
         .unwrap();
     assert_eq!(r.value, b"v");
@@ -321,7 +429,11 @@ async fn api_v2_keys_need_the_raw_prefix_and_stay_in_their_keyspace() {
         })
         .await
         .unwrap();
-    assert_eq!(s.count(CfName::Default), 1, "the transactional value survives");
+    assert_eq!(
+        s.count(CfName::Default),
+        1,
+        "the transactional value survives"
+    );
 }
 
 fn put_m(key: &[u8], value: &[u8]) -> kvrpcpb::Mutation {
@@ -334,17 +446,41 @@ async fn bad_raw_input_is_rejected() {
     let big = vec![b'k'; MAX_KEY_SIZE + 1];
     let r = s
         .storage
-        .raw_put(kvrpcpb::RawPutRequest { context: ctx(), key: big, value: b"v".to_vec(), ..Default::default() })
+        .raw_put(kvrpcpb::RawPutRequest {
+            context: ctx(),
+            key: big,
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
         .await;
     assert!(matches!(r, Err(StorageError::InvalidArgument(_))));
-    let r = s.storage.raw_put(kvrpcpb::RawPutRequest { context: ctx(), ..Default::default() }).await;
-    assert!(matches!(r, Err(StorageError::InvalidArgument(_))), "empty key");
     let r = s
         .storage
-        .raw_get(kvrpcpb::RawGetRequest { context: ctx(), key: b"k".to_vec(), cf: "lock".into() })
+        .raw_put(kvrpcpb::RawPutRequest {
+            context: ctx(),
+            ..Default::default()
+        })
         .await;
-    assert!(matches!(r, Err(StorageError::InvalidArgument(_))), "unknown cf");
-    let small = new_store_with(crate::storage::StorageConfig { max_value_size: 3, ..Default::default() });
+    assert!(
+        matches!(r, Err(StorageError::InvalidArgument(_))),
+        "empty key"
+    );
+    let r = s
+        .storage
+        .raw_get(kvrpcpb::RawGetRequest {
+            context: ctx(),
+            key: b"k".to_vec(),
+            cf: "lock".into(),
+        })
+        .await;
+    assert!(
+        matches!(r, Err(StorageError::InvalidArgument(_))),
+        "unknown cf"
+    );
+    let small = new_store_with(crate::storage::StorageConfig {
+        max_value_size: 3,
+        ..Default::default()
+    });
     let r = small
         .storage
         .raw_put(kvrpcpb::RawPutRequest {
@@ -357,9 +493,32 @@ async fn bad_raw_input_is_rejected() {
     assert!(matches!(r, Err(StorageError::InvalidArgument(_))));
     // A corrupt stored value is an error, not a panic or garbage.
     LocalKv::new(s.rocks.clone())
-        .async_write(&EngineContext::default(), vec![Modify::Put(CfName::Default, b"bad".to_vec(), vec![42])])
+        .async_write(
+            &EngineContext::default(),
+            vec![Modify::Put(CfName::Default, b"bad".to_vec(), vec![42])],
+        )
         .await
         .unwrap();
-    let r = s.storage.raw_get(kvrpcpb::RawGetRequest { context: ctx(), key: b"bad".to_vec(), cf: String::new() }).await;
+    let r = s
+        .storage
+        .raw_get(kvrpcpb::RawGetRequest {
+            context: ctx(),
+            key: b"bad".to_vec(),
+            cf: String::new(),
+        })
+        .await;
     assert!(matches!(r, Err(StorageError::Corrupted(_))));
+}
+
+#[tokio::test]
+async fn v1_raw_scans_step_over_long_transactional_values() {
+    let s = new_store();
+    s.raw_put(b"raw", b"v", 0).await;
+    s.must_put(b"txn", &[5u8; 1000], 10, 20).await;
+    assert_eq!(s.count(CfName::Default), 2);
+    assert_eq!(
+        s.raw_scan(b"", b"", 10, false).await,
+        vec![kv(b"raw", b"v")]
+    );
+    assert_eq!(s.raw_scan(b"", b"", 10, true).await, vec![kv(b"raw", b"v")]);
 }

@@ -53,7 +53,10 @@ impl RawValue {
             return Err(RecordError::Version(WHAT, version));
         }
         let expire_secs = r.u64()?;
-        Ok(RawValue { value: r.rest().to_vec(), expire_secs })
+        Ok(RawValue {
+            value: r.rest().to_vec(),
+            expire_secs,
+        })
     }
 }
 

@@ -3,7 +3,9 @@
 
 use crate::engine::Snapshot;
 use crate::storage::errors::{KeyErr, StorageError, TxnResult};
-use crate::storage::mvcc::{physical_ms, Lock, MvccReader, MvccTxn, TxnCommitRecord, Write, WriteType};
+use crate::storage::mvcc::{
+    physical_ms, Lock, MvccReader, MvccTxn, TxnCommitRecord, Write, WriteType,
+};
 
 /// A transaction's state as CheckTxnStatus and friends report it.
 #[derive(Debug, PartialEq)]
@@ -14,14 +16,19 @@ pub enum TxnStatus {
     TtlExpire,
     /// No lock and no record: a rollback record was written now.
     LockNotExist,
-    Committed { commit_ts: u64 },
+    Committed {
+        commit_ts: u64,
+    },
     /// An expired pessimistic primary lock was removed (no rollback record).
     PessimisticRollBack,
     /// No lock, no record, and the caller resolves a pessimistic lock: nothing
     /// was written.
     LockNotExistDoNothing,
     /// The lock is alive.
-    Uncommitted { lock: Lock, min_commit_ts_pushed: bool },
+    Uncommitted {
+        lock: Lock,
+        min_commit_ts_pushed: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +65,11 @@ pub fn commit_key<S: Snapshot>(
             }
             // A pessimistic lock that was never prewritten (its pessimistic
             // rollback was lost) is committed as a Lock record, as TiKV does.
-            let mut write = Write::new(WriteType::from_lock_type(lock.lock_type), start_ts, lock.short_value.take());
+            let mut write = Write::new(
+                WriteType::from_lock_type(lock.lock_type),
+                start_ts,
+                lock.short_value.take(),
+            );
             write.has_overlapped_rollback = lock.rollback_ts.contains(&commit_ts);
             txn.put_write(key, commit_ts, &write);
             txn.unlock_key(key);
@@ -70,7 +81,12 @@ pub fn commit_key<S: Snapshot>(
                 // Committed already: commit is idempotent.
                 Ok(())
             } else {
-                Err(KeyErr::TxnLockNotFound { start_ts, commit_ts, key: key.to_vec() }.into())
+                Err(KeyErr::TxnLockNotFound {
+                    start_ts,
+                    commit_ts,
+                    key: key.to_vec(),
+                }
+                .into())
             }
         }
     }
@@ -97,7 +113,9 @@ pub fn rollback_lock<S: Snapshot>(
 ) -> TxnResult<()> {
     let overlapped_write = match reader.get_txn_commit_record(key, lock.ts)? {
         TxnCommitRecord::None { overlapped_write } => overlapped_write,
-        TxnCommitRecord::SingleRecord { write, commit_ts } if write.write_type != WriteType::Rollback => {
+        TxnCommitRecord::SingleRecord { write, commit_ts }
+            if write.write_type != WriteType::Rollback =>
+        {
             return Err(StorageError::Corrupted(format!(
                 "key {key:02X?} has both a lock and a commit record (at {commit_ts}) of txn {}",
                 lock.ts
@@ -130,15 +148,21 @@ pub fn check_txn_status_missing_lock<S: Snapshot>(
     resolving_pessimistic_lock: bool,
 ) -> TxnResult<TxnStatus> {
     match reader.get_txn_commit_record(key, start_ts)? {
-        TxnCommitRecord::SingleRecord { commit_ts, write } => Ok(if write.write_type == WriteType::Rollback {
-            TxnStatus::RolledBack
-        } else {
-            TxnStatus::Committed { commit_ts }
-        }),
+        TxnCommitRecord::SingleRecord { commit_ts, write } => {
+            Ok(if write.write_type == WriteType::Rollback {
+                TxnStatus::RolledBack
+            } else {
+                TxnStatus::Committed { commit_ts }
+            })
+        }
         TxnCommitRecord::OverlappedRollback { .. } => Ok(TxnStatus::RolledBack),
         TxnCommitRecord::None { overlapped_write } => {
             if action == MissingLockAction::ReturnError {
-                return Err(KeyErr::TxnNotFound { start_ts, key: key.to_vec() }.into());
+                return Err(KeyErr::TxnNotFound {
+                    start_ts,
+                    key: key.to_vec(),
+                }
+                .into());
             }
             if resolving_pessimistic_lock {
                 return Ok(TxnStatus::LockNotExistDoNothing);
@@ -176,10 +200,21 @@ pub fn cleanup_key<S: Snapshot>(
             rollback_lock(reader, txn, key, &lock)
         }
         other => {
-            match check_txn_status_missing_lock(reader, txn, key, start_ts, other, MissingLockAction::Rollback, false)? {
-                TxnStatus::Committed { commit_ts } => {
-                    Err(KeyErr::Committed { start_ts, commit_ts, key: key.to_vec() }.into())
+            match check_txn_status_missing_lock(
+                reader,
+                txn,
+                key,
+                start_ts,
+                other,
+                MissingLockAction::Rollback,
+                false,
+            )? {
+                TxnStatus::Committed { commit_ts } => Err(KeyErr::Committed {
+                    start_ts,
+                    commit_ts,
+                    key: key.to_vec(),
                 }
+                .into()),
                 _ => Ok(()),
             }
         }
@@ -187,6 +222,10 @@ pub fn cleanup_key<S: Snapshot>(
 }
 
 /// If `start_ts` is committed on `key`, its commit_ts.
-pub fn committed_ts<S: Snapshot>(reader: &MvccReader<'_, S>, key: &[u8], start_ts: u64) -> Result<Option<u64>, StorageError> {
+pub fn committed_ts<S: Snapshot>(
+    reader: &MvccReader<'_, S>,
+    key: &[u8],
+    start_ts: u64,
+) -> Result<Option<u64>, StorageError> {
     Ok(reader.get_txn_commit_record(key, start_ts)?.committed_ts())
 }

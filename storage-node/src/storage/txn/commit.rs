@@ -12,7 +12,10 @@ use super::sorted_unique;
 impl<E: Engine> Storage<E> {
     /// Commits the transaction's locks on `keys` at `commit_version`. All or
     /// nothing: the first key error fails the request and nothing is written.
-    pub async fn kv_commit(&self, req: kvrpcpb::CommitRequest) -> Result<kvrpcpb::CommitResponse, StorageError> {
+    pub async fn kv_commit(
+        &self,
+        req: kvrpcpb::CommitRequest,
+    ) -> Result<kvrpcpb::CommitResponse, StorageError> {
         let ctx = req.context.unwrap_or_default();
         let api = api_version(&ctx)?;
         for key in &req.keys {
@@ -21,7 +24,13 @@ impl<E: Engine> Storage<E> {
         let (start_ts, commit_ts) = (req.start_version, req.commit_version);
         let mut resp = kvrpcpb::CommitResponse::default();
         if commit_ts <= start_ts {
-            resp.error = Some(KeyErr::InvalidTxnTso { start_ts, commit_ts }.to_pb());
+            resp.error = Some(
+                KeyErr::InvalidTxnTso {
+                    start_ts,
+                    commit_ts,
+                }
+                .to_pb(),
+            );
             return Ok(resp);
         }
         let keys = sorted_unique(req.keys);
@@ -61,13 +70,19 @@ impl<E: Engine> Storage<E> {
                 Ok(())
             })
             .await?;
-        Ok(kvrpcpb::BatchRollbackResponse { region_error: None, error: out.err().map(|e| e.to_pb()) })
+        Ok(kvrpcpb::BatchRollbackResponse {
+            region_error: None,
+            error: out.err().map(|e| e.to_pb()),
+        })
     }
 
     /// Rolls back one key of the transaction if its lock has expired at
     /// `current_ts` (0 = unconditionally). A committed transaction is
     /// reported through `commit_version`, a live lock as Locked.
-    pub async fn kv_cleanup(&self, req: kvrpcpb::CleanupRequest) -> Result<kvrpcpb::CleanupResponse, StorageError> {
+    pub async fn kv_cleanup(
+        &self,
+        req: kvrpcpb::CleanupRequest,
+    ) -> Result<kvrpcpb::CleanupResponse, StorageError> {
         let ctx = req.context.unwrap_or_default();
         let api = api_version(&ctx)?;
         check_key(api, &req.key, false, false)?;
@@ -77,9 +92,11 @@ impl<E: Engine> Storage<E> {
         let (start_ts, current_ts) = (req.start_version, req.current_ts);
         let key = req.key;
         let out = self
-            .run_write(&engine_context(Some(&ctx)), std::slice::from_ref(&key), |reader, txn| {
-                cleanup_key(reader, txn, &key, start_ts, current_ts)
-            })
+            .run_write(
+                &engine_context(Some(&ctx)),
+                std::slice::from_ref(&key),
+                |reader, txn| cleanup_key(reader, txn, &key, start_ts, current_ts),
+            )
             .await?;
         let mut resp = kvrpcpb::CleanupResponse::default();
         match out {

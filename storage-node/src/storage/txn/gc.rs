@@ -28,13 +28,20 @@ impl<E: Engine> Storage<E> {
     /// Removes versions no reader at or above `safe_point` can see, in
     /// `[start, end)` of the *stored* (Region) key space: memcomparable-encoded
     /// keys, empty `end` = unbounded. Used by the background GC worker.
-    pub async fn gc(&self, ctx: &EngineContext, safe_point: u64, start: &[u8], end: &[u8]) -> Result<GcStats, StorageError> {
+    pub async fn gc(
+        &self,
+        ctx: &EngineContext,
+        safe_point: u64,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<GcStats, StorageError> {
         let mut stats = GcStats::default();
         let batch_keys = self.inner.config.batch_keys.max(1);
         let mut next = start.to_vec();
         loop {
             let snap = self.inner.engine.async_snapshot(ctx).await?;
-            let (modifies, resume) = gc_batch(&snap, safe_point, &next, end, batch_keys, &mut stats)?;
+            let (modifies, resume) =
+                gc_batch(&snap, safe_point, &next, end, batch_keys, &mut stats)?;
             drop(snap);
             if !modifies.is_empty() {
                 // GC only touches versions below the safe point, which no
@@ -49,24 +56,32 @@ impl<E: Engine> Storage<E> {
     }
 
     /// KvGC: GC over everything this engine's snapshot shows.
-    pub async fn kv_gc(&self, req: kvrpcpb::GcRequest) -> Result<kvrpcpb::GcResponse, StorageError> {
+    pub async fn kv_gc(
+        &self,
+        req: kvrpcpb::GcRequest,
+    ) -> Result<kvrpcpb::GcResponse, StorageError> {
         let ctx = req.context.unwrap_or_default();
         if req.safe_point == 0 {
             return Err(invalid("safe_point must not be 0"));
         }
-        self.gc(&engine_context(Some(&ctx)), req.safe_point, b"", b"").await?;
+        self.gc(&engine_context(Some(&ctx)), req.safe_point, b"", b"")
+            .await?;
         Ok(kvrpcpb::GcResponse::default())
     }
 
     /// KvDeleteRange: drops every version, lock and value of the
     /// transactional keys in `[start_key, end_key)` (empty end = unbounded).
-    pub async fn kv_delete_range(&self, req: kvrpcpb::DeleteRangeRequest) -> Result<kvrpcpb::DeleteRangeResponse, StorageError> {
+    pub async fn kv_delete_range(
+        &self,
+        req: kvrpcpb::DeleteRangeRequest,
+    ) -> Result<kvrpcpb::DeleteRangeResponse, StorageError> {
         let ctx = req.context.unwrap_or_default();
         let api = api_version(&ctx)?;
         check_bound(api, &req.start_key, false)?;
         check_bound(api, &req.end_key, false)?;
         if !req.notify_only {
-            self.delete_txn_range(&engine_context(Some(&ctx)), &req.start_key, &req.end_key).await?;
+            self.delete_txn_range(&engine_context(Some(&ctx)), &req.start_key, &req.end_key)
+                .await?;
         }
         Ok(kvrpcpb::DeleteRangeResponse::default())
     }
@@ -80,16 +95,26 @@ impl<E: Engine> Storage<E> {
         let api = api_version(&ctx)?;
         check_bound(api, &req.start_key, false)?;
         check_bound(api, &req.end_key, false)?;
-        self.delete_txn_range(&engine_context(Some(&ctx)), &req.start_key, &req.end_key).await?;
+        self.delete_txn_range(&engine_context(Some(&ctx)), &req.start_key, &req.end_key)
+            .await?;
         Ok(kvrpcpb::UnsafeDestroyRangeResponse::default())
     }
 
-    async fn delete_txn_range(&self, ctx: &EngineContext, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
+    async fn delete_txn_range(
+        &self,
+        ctx: &EngineContext,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<(), StorageError> {
         if !end.is_empty() && start >= end {
             return Err(invalid("start_key must be below end_key"));
         }
         let lower = encode_bytes(start);
-        let upper = if end.is_empty() { Vec::new() } else { encode_bytes(end) };
+        let upper = if end.is_empty() {
+            Vec::new()
+        } else {
+            encode_bytes(end)
+        };
         let modifies = [CfName::Default, CfName::Lock, CfName::Write]
             .into_iter()
             .map(|cf| Modify::DeleteRange(cf, lower.clone(), upper.clone()))
@@ -140,16 +165,22 @@ fn gc_batch<S: Snapshot>(
                     }
                     WriteType::Delete => {
                         found_data = true;
-                        false
+                        true
                     }
                     WriteType::Lock | WriteType::Rollback => true,
                 }
             };
             if remove {
                 if write.write_type == WriteType::Put && write.short_value.is_none() {
-                    modifies.push(Modify::Delete(CfName::Default, append_version(&user, write.start_ts)));
+                    modifies.push(Modify::Delete(
+                        CfName::Default,
+                        append_version(&user, write.start_ts),
+                    ));
                 }
-                modifies.push(Modify::Delete(CfName::Write, append_version(&user, commit_ts)));
+                modifies.push(Modify::Delete(
+                    CfName::Write,
+                    append_version(&user, commit_ts),
+                ));
                 stats.deleted_versions += 1;
             }
             valid = it.next()?;

@@ -13,6 +13,8 @@ mod status;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_edge;
+#[cfg(test)]
 mod tests_more;
 
 pub use gc::GcStats;

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use shale_proto::kvrpcpb::{
-    self, write_conflict::Reason, Assertion, Op, PessimisticLockKeyResultType, PessimisticLockWakeUpMode,
+    self, write_conflict::Reason, Assertion, Op, PessimisticLockKeyResultType,
+    PessimisticLockWakeUpMode,
 };
 use tokio::time::Instant;
 
@@ -61,7 +62,9 @@ impl<E: Engine> Storage<E> {
         for m in &req.mutations {
             check_key(api, &m.key, false, false)?;
             if m.op != Op::PessimisticLock as i32 {
-                return Err(invalid("pessimistic lock mutations must have op PessimisticLock"));
+                return Err(invalid(
+                    "pessimistic lock mutations must have op PessimisticLock",
+                ));
             }
             if !seen.insert(m.key.clone()) {
                 return Err(invalid("duplicate key in pessimistic lock mutations"));
@@ -98,8 +101,16 @@ impl<E: Engine> Storage<E> {
                             Err(TxnError::Key(KeyErr::Locked(info))) if may_wait => {
                                 txn.clear();
                                 let lock_ts = info.lock_version;
-                                return match lm.wait_for(props.start_ts, lock_ts, key, !req.is_first_lock) {
-                                    Ok(waiter) => Ok(Outcome::Wait { waiter, error: KeyErr::Locked(info) }),
+                                return match lm.wait_for(
+                                    props.start_ts,
+                                    lock_ts,
+                                    key,
+                                    !req.is_first_lock,
+                                ) {
+                                    Ok(waiter) => Ok(Outcome::Wait {
+                                        waiter,
+                                        error: KeyErr::Locked(info),
+                                    }),
                                     Err(hash) => Err(KeyErr::Deadlock {
                                         start_ts: props.start_ts,
                                         lock_ts,
@@ -162,7 +173,10 @@ impl<E: Engine> Storage<E> {
             .run_write(&ectx, &keys, |reader, txn| {
                 for key in &keys {
                     if let Some(lock) = reader.load_lock(key)? {
-                        if lock.is_pessimistic_lock() && lock.ts == start_ts && lock.for_update_ts <= for_update_ts {
+                        if lock.is_pessimistic_lock()
+                            && lock.ts == start_ts
+                            && lock.for_update_ts <= for_update_ts
+                        {
                             txn.unlock_key(key);
                         }
                     }
@@ -182,7 +196,9 @@ impl<E: Engine> Storage<E> {
         match wait_timeout {
             t if t < 0 => None,
             0 => Some(Duration::from_millis(cfg.lock_wait_timeout_ms)),
-            t => Some(Duration::from_millis((t as u64).min(cfg.max_lock_wait_timeout_ms))),
+            t => Some(Duration::from_millis(
+                (t as u64).min(cfg.max_lock_wait_timeout_ms),
+            )),
         }
     }
 }
@@ -195,27 +211,43 @@ fn acquire_key<S: Snapshot>(
     should_not_exist: bool,
 ) -> TxnResult<KeyLocked> {
     let start_ts = p.start_ts;
-    let need_value = p.return_values || p.check_existence || p.lock_only_if_exists || should_not_exist;
+    let need_value =
+        p.return_values || p.check_existence || p.lock_only_if_exists || should_not_exist;
     if let Some(mut lock) = reader.load_lock(key)? {
         if lock.ts != start_ts {
             return Err(KeyErr::Locked(Box::new(lock.to_lock_info(key))).into());
         }
         if !lock.is_pessimistic_lock() {
             // Already prewritten by this transaction.
-            return Err(KeyErr::LockTypeNotMatch { start_ts, key: key.to_vec(), pessimistic: false }.into());
+            return Err(KeyErr::LockTypeNotMatch {
+                start_ts,
+                key: key.to_vec(),
+                pessimistic: false,
+            }
+            .into());
         }
         // Ours already: refresh it (idempotent).
-        let value = if need_value { reader.get(key, u64::MAX)? } else { None };
+        let value = if need_value {
+            reader.get(key, u64::MAX)?
+        } else {
+            None
+        };
         if should_not_exist && value.is_some() {
             return Err(KeyErr::AlreadyExist { key: key.to_vec() }.into());
         }
-        if lock.for_update_ts < p.for_update_ts || lock.ttl < p.ttl || lock.min_commit_ts < p.min_commit_ts {
+        if lock.for_update_ts < p.for_update_ts
+            || lock.ttl < p.ttl
+            || lock.min_commit_ts < p.min_commit_ts
+        {
             lock.for_update_ts = lock.for_update_ts.max(p.for_update_ts);
             lock.ttl = lock.ttl.max(p.ttl);
             lock.min_commit_ts = lock.min_commit_ts.max(p.min_commit_ts);
             txn.put_lock(key, &lock);
         }
-        return Ok(KeyLocked { value, conflict_ts: None });
+        return Ok(KeyLocked {
+            value,
+            conflict_ts: None,
+        });
     }
 
     let mut conflict_ts = None;
@@ -235,7 +267,10 @@ fn acquire_key<S: Snapshot>(
             }
             conflict_ts = Some(commit_ts);
         }
-        let rolled_back = KeyErr::PessimisticLockRolledBack { start_ts, key: key.to_vec() };
+        let rolled_back = KeyErr::PessimisticLockRolledBack {
+            start_ts,
+            key: key.to_vec(),
+        };
         if commit_ts == start_ts && write.marks_rollback() {
             return Err(rolled_back.into());
         }
@@ -250,7 +285,9 @@ fn acquire_key<S: Snapshot>(
             value = match write.write_type {
                 WriteType::Put => Some(reader.load_data(key, write)?),
                 WriteType::Delete => None,
-                WriteType::Lock | WriteType::Rollback => reader.get(key, commit_ts.saturating_sub(1))?,
+                WriteType::Lock | WriteType::Rollback => {
+                    reader.get(key, commit_ts.saturating_sub(1))?
+                }
             };
         }
         if should_not_exist && value.is_some() {
@@ -300,14 +337,21 @@ fn lock_response(
                     PessimisticLockKeyResultType::LockResultNormal
                 } as i32,
                 existence: r.value.is_some(),
-                value: if p.return_values { r.value.unwrap_or_default() } else { Vec::new() },
+                value: if p.return_values {
+                    r.value.unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
                 locked_with_conflict_ts: r.conflict_ts.unwrap_or(0),
                 skip_resolving_lock: false,
             })
             .collect();
     } else if p.return_values {
         resp.not_founds = results.iter().map(|r| r.value.is_none()).collect();
-        resp.values = results.into_iter().map(|r| r.value.unwrap_or_default()).collect();
+        resp.values = results
+            .into_iter()
+            .map(|r| r.value.unwrap_or_default())
+            .collect();
     } else if p.check_existence {
         resp.not_founds = results.iter().map(|r| r.value.is_none()).collect();
     }

@@ -8,7 +8,9 @@ use shale_proto::kvrpcpb::{self, prewrite_request::PessimisticAction, write_conf
 use crate::engine::{Engine, Snapshot};
 use crate::storage::concurrency_manager::ConcurrencyManager;
 use crate::storage::errors::{invalid, KeyErr, StorageError, TxnError, TxnResult};
-use crate::storage::mvcc::{Lock, LockType, MvccReader, MvccTxn, Write, WriteType, SHORT_VALUE_MAX_LEN};
+use crate::storage::mvcc::{
+    Lock, LockType, MvccReader, MvccTxn, Write, WriteType, SHORT_VALUE_MAX_LEN,
+};
 use crate::storage::{api_version, check_key, engine_context, Storage};
 
 use super::actions::committed_ts;
@@ -51,7 +53,11 @@ enum KeyOutcome {
     /// Nothing to write (a duplicate prewrite, or CheckNotExists).
     Done { min_commit_ts: u64 },
     /// A lock to write (or, with 1PC, to commit right away).
-    Lock { lock: Lock, had_pessimistic_lock: bool, fell_back: bool },
+    Lock {
+        lock: Lock,
+        had_pessimistic_lock: bool,
+        fell_back: bool,
+    },
 }
 
 struct Outcome {
@@ -61,7 +67,10 @@ struct Outcome {
 }
 
 impl<E: Engine> Storage<E> {
-    pub async fn kv_prewrite(&self, req: kvrpcpb::PrewriteRequest) -> Result<kvrpcpb::PrewriteResponse, StorageError> {
+    pub async fn kv_prewrite(
+        &self,
+        req: kvrpcpb::PrewriteRequest,
+    ) -> Result<kvrpcpb::PrewriteResponse, StorageError> {
         let ctx = req.context.clone().unwrap_or_default();
         let api = api_version(&ctx)?;
         check_key(api, &req.primary_lock, false, false)?;
@@ -70,13 +79,18 @@ impl<E: Engine> Storage<E> {
         }
         let n = req.mutations.len();
         if !req.pessimistic_actions.is_empty() && req.pessimistic_actions.len() != n {
-            return Err(invalid("pessimistic_actions must be empty or one per mutation"));
+            return Err(invalid(
+                "pessimistic_actions must be empty or one per mutation",
+            ));
         }
         let mut expected = vec![None; n];
         for c in &req.for_update_ts_constraints {
-            let slot = expected
-                .get_mut(c.index as usize)
-                .ok_or_else(|| invalid(format!("for_update_ts constraint index {} out of range", c.index)))?;
+            let slot = expected.get_mut(c.index as usize).ok_or_else(|| {
+                invalid(format!(
+                    "for_update_ts constraint index {} out of range",
+                    c.index
+                ))
+            })?;
             *slot = Some(c.expected_for_update_ts);
         }
         let mut seen = HashSet::with_capacity(n);
@@ -84,7 +98,8 @@ impl<E: Engine> Storage<E> {
         for (i, m) in req.mutations.into_iter().enumerate() {
             check_key(api, &m.key, false, false)?;
             self.check_value(&m.value)?;
-            let op = Op::try_from(m.op).map_err(|_| invalid(format!("unknown mutation op {}", m.op)))?;
+            let op =
+                Op::try_from(m.op).map_err(|_| invalid(format!("unknown mutation op {}", m.op)))?;
             if matches!(op, Op::Rollback | Op::PessimisticLock) {
                 return Err(invalid(format!("mutation op {op:?} cannot be prewritten")));
             }
@@ -92,10 +107,17 @@ impl<E: Engine> Storage<E> {
                 return Err(invalid("duplicate key in prewrite mutations"));
             }
             let action = match req.pessimistic_actions.get(i) {
-                Some(a) => PessimisticAction::try_from(*a).map_err(|_| invalid("unknown pessimistic action"))?,
+                Some(a) => PessimisticAction::try_from(*a)
+                    .map_err(|_| invalid("unknown pessimistic action"))?,
                 None => PessimisticAction::SkipPessimisticCheck,
             };
-            mutations.push(KeyMutation { key: m.key, op, value: m.value, action, expected_for_update_ts: expected[i] });
+            mutations.push(KeyMutation {
+                key: m.key,
+                op,
+                value: m.value,
+                action,
+                expected_for_update_ts: expected[i],
+            });
         }
         let props = Props {
             start_ts: req.start_version,
@@ -149,7 +171,11 @@ fn prewrite_all<S: Snapshot>(
                 }
                 final_min_commit_ts = final_min_commit_ts.max(min_commit_ts);
             }
-            Ok(KeyOutcome::Lock { lock, had_pessimistic_lock, fell_back: fb }) => {
+            Ok(KeyOutcome::Lock {
+                lock,
+                had_pessimistic_lock,
+                fell_back: fb,
+            }) => {
                 fell_back |= fb;
                 final_min_commit_ts = final_min_commit_ts.max(lock.min_commit_ts);
                 pending.push((m.key.as_slice(), lock, had_pessimistic_lock));
@@ -159,7 +185,9 @@ fn prewrite_all<S: Snapshot>(
                 // committed (e.g. by a resolver) succeeds without writing.
                 let retryable = matches!(
                     e,
-                    KeyErr::Locked(_) | KeyErr::WriteConflict { .. } | KeyErr::PessimisticLockNotFound { .. }
+                    KeyErr::Locked(_)
+                        | KeyErr::WriteConflict { .. }
+                        | KeyErr::PessimisticLockNotFound { .. }
                 );
                 if retryable {
                     if let Some(commit_ts) = committed_ts(reader, &m.key, props.start_ts)? {
@@ -182,7 +210,11 @@ fn prewrite_all<S: Snapshot>(
     }
     if !locked.is_empty() {
         txn.clear();
-        return Ok(Outcome { errors: locked, min_commit_ts: 0, one_pc_commit_ts: 0 });
+        return Ok(Outcome {
+            errors: locked,
+            min_commit_ts: 0,
+            one_pc_commit_ts: 0,
+        });
     }
     let one_pc = props.try_one_pc && !fell_back;
     for (key, mut lock, had_pessimistic_lock) in pending {
@@ -191,7 +223,11 @@ fn prewrite_all<S: Snapshot>(
             lock.secondaries.clear();
         }
         if one_pc {
-            let write = Write::new(WriteType::from_lock_type(lock.lock_type), props.start_ts, lock.short_value);
+            let write = Write::new(
+                WriteType::from_lock_type(lock.lock_type),
+                props.start_ts,
+                lock.short_value,
+            );
             txn.put_write(key, final_min_commit_ts, &write);
             if had_pessimistic_lock {
                 txn.unlock_key(key);
@@ -202,7 +238,11 @@ fn prewrite_all<S: Snapshot>(
     }
     Ok(Outcome {
         errors: vec![],
-        min_commit_ts: if props.use_async_commit && !fell_back { final_min_commit_ts } else { 0 },
+        min_commit_ts: if props.use_async_commit && !fell_back {
+            final_min_commit_ts
+        } else {
+            0
+        },
         one_pc_commit_ts: if one_pc { final_min_commit_ts } else { 0 },
     })
 }
@@ -227,7 +267,8 @@ fn prewrite_key<S: Snapshot>(
     }
     let start_ts = props.start_ts;
     let key = m.key.as_slice();
-    let needs_pessimistic_lock = props.is_pessimistic() && m.action == PessimisticAction::DoPessimisticCheck;
+    let needs_pessimistic_lock =
+        props.is_pessimistic() && m.action == PessimisticAction::DoPessimisticCheck;
     let mut ttl = props.lock_ttl;
     let mut min_commit_ts = props.min_commit_ts;
     let mut for_update_ts = props.for_update_ts;
@@ -236,7 +277,11 @@ fn prewrite_key<S: Snapshot>(
     match reader.load_lock(key)? {
         Some(lock) if lock.ts != start_ts => {
             if needs_pessimistic_lock {
-                return Err(KeyErr::PessimisticLockNotFound { start_ts, key: key.to_vec() }.into());
+                return Err(KeyErr::PessimisticLockNotFound {
+                    start_ts,
+                    key: key.to_vec(),
+                }
+                .into());
             }
             let mut info = lock.to_lock_info(key);
             // Keys of a pessimistic transaction that were not locked
@@ -248,10 +293,21 @@ fn prewrite_key<S: Snapshot>(
         }
         Some(lock) if lock.is_pessimistic_lock() => {
             if !props.is_pessimistic() {
-                return Err(KeyErr::LockTypeNotMatch { start_ts, key: key.to_vec(), pessimistic: true }.into());
+                return Err(KeyErr::LockTypeNotMatch {
+                    start_ts,
+                    key: key.to_vec(),
+                    pessimistic: true,
+                }
+                .into());
             }
-            if m.expected_for_update_ts.is_some_and(|ts| ts != lock.for_update_ts) {
-                return Err(KeyErr::PessimisticLockNotFound { start_ts, key: key.to_vec() }.into());
+            if m.expected_for_update_ts
+                .is_some_and(|ts| ts != lock.for_update_ts)
+            {
+                return Err(KeyErr::PessimisticLockNotFound {
+                    start_ts,
+                    key: key.to_vec(),
+                }
+                .into());
             }
             ttl = ttl.max(lock.ttl);
             min_commit_ts = min_commit_ts.max(lock.min_commit_ts);
@@ -260,11 +316,19 @@ fn prewrite_key<S: Snapshot>(
         }
         Some(lock) => {
             // Already prewritten: a duplicate request writes nothing.
-            let min_commit_ts = if lock.use_async_commit { lock.min_commit_ts } else { 0 };
+            let min_commit_ts = if lock.use_async_commit {
+                lock.min_commit_ts
+            } else {
+                0
+            };
             return Ok(KeyOutcome::Done { min_commit_ts });
         }
         None if needs_pessimistic_lock => {
-            return Err(KeyErr::PessimisticLockNotFound { start_ts, key: key.to_vec() }.into());
+            return Err(KeyErr::PessimisticLockNotFound {
+                start_ts,
+                key: key.to_vec(),
+            }
+            .into());
         }
         None => {}
     }
@@ -289,7 +353,11 @@ fn prewrite_key<S: Snapshot>(
     }
 
     let mut lock = Lock::new(lock_type, props.primary.clone(), start_ts, ttl);
-    lock.for_update_ts = if props.is_pessimistic() { for_update_ts } else { 0 };
+    lock.for_update_ts = if props.is_pessimistic() {
+        for_update_ts
+    } else {
+        0
+    };
     lock.txn_size = props.txn_size;
     lock.min_commit_ts = min_commit_ts;
     if lock_type == LockType::Put {
@@ -308,7 +376,11 @@ fn prewrite_key<S: Snapshot>(
     let mut fell_back = false;
     if props.need_min_commit_ts() {
         let guard = cm.lock_key(key, |max_ts| {
-            let ts = max_ts.max(start_ts).max(props.for_update_ts).saturating_add(1).max(lock.min_commit_ts);
+            let ts = max_ts
+                .max(start_ts)
+                .max(props.for_update_ts)
+                .saturating_add(1)
+                .max(lock.min_commit_ts);
             if props.max_commit_ts != 0 && ts > props.max_commit_ts {
                 // Too late for the requested bound: fall back to plain 2PC.
                 return Err(());
@@ -325,7 +397,11 @@ fn prewrite_key<S: Snapshot>(
             }
         }
     }
-    Ok(KeyOutcome::Lock { lock, had_pessimistic_lock, fell_back })
+    Ok(KeyOutcome::Lock {
+        lock,
+        had_pessimistic_lock,
+        fell_back,
+    })
 }
 
 /// Conflict and constraint checks against committed versions.

@@ -9,7 +9,10 @@ use crate::storage::mvcc::MvccReader;
 use crate::storage::{api_version, check_bound, check_key, engine_context, read_options, Storage};
 
 impl<E: Engine> Storage<E> {
-    pub async fn kv_get(&self, req: kvrpcpb::GetRequest) -> Result<kvrpcpb::GetResponse, StorageError> {
+    pub async fn kv_get(
+        &self,
+        req: kvrpcpb::GetRequest,
+    ) -> Result<kvrpcpb::GetResponse, StorageError> {
         let ctx = req.context.unwrap_or_default();
         let api = api_version(&ctx)?;
         check_key(api, &req.key, false, true)?;
@@ -19,7 +22,11 @@ impl<E: Engine> Storage<E> {
             resp.error = Some(e.to_pb());
             return Ok(resp);
         }
-        let snap = self.inner.engine.async_snapshot(&engine_context(Some(&ctx))).await?;
+        let snap = self
+            .inner
+            .engine
+            .async_snapshot(&engine_context(Some(&ctx)))
+            .await?;
         match split(MvccReader::new(&snap).point_get(&req.key, &opts))? {
             Ok(Some(value)) => resp.value = value,
             Ok(None) => resp.not_found = true,
@@ -31,7 +38,10 @@ impl<E: Engine> Storage<E> {
     /// Found keys come back as pairs; a locked key comes back as a pair with
     /// only its error set (clients read per-pair errors); missing keys are
     /// left out.
-    pub async fn kv_batch_get(&self, req: kvrpcpb::BatchGetRequest) -> Result<kvrpcpb::BatchGetResponse, StorageError> {
+    pub async fn kv_batch_get(
+        &self,
+        req: kvrpcpb::BatchGetRequest,
+    ) -> Result<kvrpcpb::BatchGetResponse, StorageError> {
         let ctx = req.context.unwrap_or_default();
         let api = api_version(&ctx)?;
         for key in &req.keys {
@@ -43,7 +53,11 @@ impl<E: Engine> Storage<E> {
         for (i, key) in req.keys.iter().enumerate() {
             memory_locked[i] = self.inner.cm.read_key_check(key, &opts).err();
         }
-        let snap = self.inner.engine.async_snapshot(&engine_context(Some(&ctx))).await?;
+        let snap = self
+            .inner
+            .engine
+            .async_snapshot(&engine_context(Some(&ctx)))
+            .await?;
         let reader = MvccReader::new(&snap);
         for (key, mem_err) in req.keys.into_iter().zip(memory_locked) {
             let result = match mem_err {
@@ -51,9 +65,17 @@ impl<E: Engine> Storage<E> {
                 None => split(reader.point_get(&key, &opts))?,
             };
             match result {
-                Ok(Some(value)) => resp.pairs.push(kvrpcpb::KvPair { error: None, key, value }),
+                Ok(Some(value)) => resp.pairs.push(kvrpcpb::KvPair {
+                    error: None,
+                    key,
+                    value,
+                }),
                 Ok(None) => {}
-                Err(e) => resp.pairs.push(kvrpcpb::KvPair { error: Some(e.to_pb()), key, value: vec![] }),
+                Err(e) => resp.pairs.push(kvrpcpb::KvPair {
+                    error: Some(e.to_pb()),
+                    key,
+                    value: vec![],
+                }),
             }
         }
         Ok(resp)
@@ -62,7 +84,10 @@ impl<E: Engine> Storage<E> {
     /// Forward: `[start_key, end_key)`. Reverse (TiKV semantics): `end_key` is
     /// the inclusive lower bound and `start_key` the exclusive upper bound.
     /// Empty bounds are unbounded; `limit` 0 returns nothing.
-    pub async fn kv_scan(&self, req: kvrpcpb::ScanRequest) -> Result<kvrpcpb::ScanResponse, StorageError> {
+    pub async fn kv_scan(
+        &self,
+        req: kvrpcpb::ScanRequest,
+    ) -> Result<kvrpcpb::ScanResponse, StorageError> {
         let ctx = req.context.unwrap_or_default();
         let api = api_version(&ctx)?;
         check_bound(api, &req.start_key, false)?;
@@ -78,7 +103,11 @@ impl<E: Engine> Storage<E> {
             resp.error = Some(e.to_pb());
             return Ok(resp);
         }
-        let snap = self.inner.engine.async_snapshot(&engine_context(Some(&ctx))).await?;
+        let snap = self
+            .inner
+            .engine
+            .async_snapshot(&engine_context(Some(&ctx)))
+            .await?;
         let spec = ScanSpec {
             lower,
             upper,
@@ -89,10 +118,18 @@ impl<E: Engine> Storage<E> {
         };
         for item in scan(&snap, &spec)? {
             resp.pairs.push(match item {
-                Ok((key, value)) => kvrpcpb::KvPair { error: None, key, value },
+                Ok((key, value)) => kvrpcpb::KvPair {
+                    error: None,
+                    key,
+                    value,
+                },
                 Err(e) => {
                     let key = e_key(&e);
-                    kvrpcpb::KvPair { error: Some(e.to_pb()), key, value: vec![] }
+                    kvrpcpb::KvPair {
+                        error: Some(e.to_pb()),
+                        key,
+                        value: vec![],
+                    }
                 }
             });
         }
@@ -101,18 +138,33 @@ impl<E: Engine> Storage<E> {
 
     /// Locks with `start_ts <= max_version` in `[start_key, end_key)`, at
     /// most `limit` (0 = all).
-    pub async fn kv_scan_lock(&self, req: kvrpcpb::ScanLockRequest) -> Result<kvrpcpb::ScanLockResponse, StorageError> {
+    pub async fn kv_scan_lock(
+        &self,
+        req: kvrpcpb::ScanLockRequest,
+    ) -> Result<kvrpcpb::ScanLockResponse, StorageError> {
         let ctx = req.context.unwrap_or_default();
         let api = api_version(&ctx)?;
         check_bound(api, &req.start_key, false)?;
         check_bound(api, &req.end_key, false)?;
         let mut resp = kvrpcpb::ScanLockResponse::default();
-        let opts = crate::storage::mvcc::ReadOptions { ts: req.max_version, check_locks: true, ..Default::default() };
-        if let Err(e) = self.inner.cm.read_range_check(&req.start_key, &req.end_key, &opts) {
+        let opts = crate::storage::mvcc::ReadOptions {
+            ts: req.max_version,
+            check_locks: true,
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .inner
+            .cm
+            .read_range_check(&req.start_key, &req.end_key, &opts)
+        {
             resp.error = Some(e.to_pb());
             return Ok(resp);
         }
-        let snap = self.inner.engine.async_snapshot(&engine_context(Some(&ctx))).await?;
+        let snap = self
+            .inner
+            .engine
+            .async_snapshot(&engine_context(Some(&ctx)))
+            .await?;
         let max_version = req.max_version;
         let (locks, _) = MvccReader::new(&snap).scan_locks(
             &req.start_key,
@@ -120,7 +172,10 @@ impl<E: Engine> Storage<E> {
             |lock| lock.ts <= max_version,
             req.limit as usize,
         )?;
-        resp.locks = locks.into_iter().map(|(key, lock)| lock.to_lock_info(&key)).collect();
+        resp.locks = locks
+            .into_iter()
+            .map(|(key, lock)| lock.to_lock_info(&key))
+            .collect();
         Ok(resp)
     }
 }

@@ -17,7 +17,10 @@ impl<E: Engine> Storage<E> {
     /// With `txn_infos`, resolves each listed transaction (`status` is its
     /// commit_ts, 0 = roll back); otherwise `start_version` with
     /// `commit_version`. With `keys`, only those keys are resolved ("lite").
-    pub async fn kv_resolve_lock(&self, req: kvrpcpb::ResolveLockRequest) -> Result<kvrpcpb::ResolveLockResponse, StorageError> {
+    pub async fn kv_resolve_lock(
+        &self,
+        req: kvrpcpb::ResolveLockRequest,
+    ) -> Result<kvrpcpb::ResolveLockResponse, StorageError> {
         let ctx = req.context.unwrap_or_default();
         let api = api_version(&ctx)?;
         for key in &req.keys {
@@ -60,8 +63,12 @@ impl<E: Engine> Storage<E> {
         let mut start = Vec::new();
         loop {
             let snap = self.inner.engine.async_snapshot(&ectx).await?;
-            let (locks, has_more) =
-                MvccReader::new(&snap).scan_locks(&start, b"", |l| txns.contains_key(&l.ts), batch)?;
+            let (locks, has_more) = MvccReader::new(&snap).scan_locks(
+                &start,
+                b"",
+                |l| txns.contains_key(&l.ts),
+                batch,
+            )?;
             drop(snap);
             let Some((last, _)) = locks.last() else { break };
             start = last.clone();
@@ -105,7 +112,11 @@ fn resolve_key<S: Snapshot>(
         return cleanup_key(reader, txn, key, lock.ts, 0);
     }
     if commit_ts <= lock.ts {
-        return Err(KeyErr::InvalidTxnTso { start_ts: lock.ts, commit_ts }.into());
+        return Err(KeyErr::InvalidTxnTso {
+            start_ts: lock.ts,
+            commit_ts,
+        }
+        .into());
     }
     match commit_key(reader, txn, key, lock.ts, commit_ts) {
         Err(TxnError::Key(KeyErr::TxnLockNotFound { .. })) if lock.is_pessimistic_lock() => Ok(()),

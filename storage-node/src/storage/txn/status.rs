@@ -8,7 +8,10 @@ use crate::storage::errors::{KeyErr, StorageError, TxnResult};
 use crate::storage::mvcc::{LockType, MvccReader, MvccTxn};
 use crate::storage::{api_version, check_key, engine_context, Storage};
 
-use super::actions::{check_txn_status_missing_lock, lock_expired, put_rollback, rollback_lock, MissingLockAction, TxnStatus};
+use super::actions::{
+    check_txn_status_missing_lock, lock_expired, put_rollback, rollback_lock, MissingLockAction,
+    TxnStatus,
+};
 use super::sorted_unique;
 
 struct CheckTxnStatus {
@@ -47,7 +50,9 @@ impl<E: Engine> Storage<E> {
         };
         let keys = [cmd.primary.clone()];
         let out = self
-            .run_write(&engine_context(Some(&ctx)), &keys, |reader, txn| check_txn_status(reader, txn, &cmd))
+            .run_write(&engine_context(Some(&ctx)), &keys, |reader, txn| {
+                check_txn_status(reader, txn, &cmd)
+            })
             .await?;
         let mut resp = kvrpcpb::CheckTxnStatusResponse::default();
         let status = match out {
@@ -67,7 +72,10 @@ impl<E: Engine> Storage<E> {
                 resp.commit_version = commit_ts;
                 Action::NoAction
             }
-            TxnStatus::Uncommitted { lock, min_commit_ts_pushed } => {
+            TxnStatus::Uncommitted {
+                lock,
+                min_commit_ts_pushed,
+            } => {
                 resp.lock_ttl = lock.ttl;
                 resp.lock_info = Some(lock.to_lock_info(&lock.primary));
                 if min_commit_ts_pushed {
@@ -123,8 +131,10 @@ impl<E: Engine> Storage<E> {
         let (start_ts, advise_ttl) = (req.start_version, req.advise_lock_ttl);
         let key = req.primary_lock;
         let out = self
-            .run_write(&engine_context(Some(&ctx)), std::slice::from_ref(&key), |reader, txn| {
-                match reader.load_lock(&key)? {
+            .run_write(
+                &engine_context(Some(&ctx)),
+                std::slice::from_ref(&key),
+                |reader, txn| match reader.load_lock(&key)? {
                     Some(mut lock) if lock.ts == start_ts => {
                         if lock.ttl < advise_ttl {
                             lock.ttl = advise_ttl;
@@ -132,9 +142,13 @@ impl<E: Engine> Storage<E> {
                         }
                         Ok(lock.ttl)
                     }
-                    _ => Err(KeyErr::TxnNotFound { start_ts, key: key.clone() }.into()),
-                }
-            })
+                    _ => Err(KeyErr::TxnNotFound {
+                        start_ts,
+                        key: key.clone(),
+                    }
+                    .into()),
+                },
+            )
             .await?;
         let mut resp = kvrpcpb::TxnHeartBeatResponse::default();
         match out {
@@ -145,7 +159,11 @@ impl<E: Engine> Storage<E> {
     }
 }
 
-fn check_txn_status<S: Snapshot>(reader: &MvccReader<'_, S>, txn: &mut MvccTxn, cmd: &CheckTxnStatus) -> TxnResult<TxnStatus> {
+fn check_txn_status<S: Snapshot>(
+    reader: &MvccReader<'_, S>,
+    txn: &mut MvccTxn,
+    cmd: &CheckTxnStatus,
+) -> TxnResult<TxnStatus> {
     let key = cmd.primary.as_slice();
     let mut lock = match reader.load_lock(key)? {
         Some(lock) if lock.ts == cmd.lock_ts => lock,
@@ -172,7 +190,10 @@ fn check_txn_status<S: Snapshot>(reader: &MvccReader<'_, S>, txn: &mut MvccTxn, 
     // Async-commit locks are never rolled back or pushed here: the client
     // decides by checking the secondaries, then resolves.
     if lock.use_async_commit && !cmd.force_sync_commit {
-        return Ok(TxnStatus::Uncommitted { lock, min_commit_ts_pushed: false });
+        return Ok(TxnStatus::Uncommitted {
+            lock,
+            min_commit_ts_pushed: false,
+        });
     }
     if lock_expired(&lock, cmd.current_ts) {
         if cmd.resolving_pessimistic_lock && lock.lock_type == LockType::Pessimistic {
@@ -184,12 +205,19 @@ fn check_txn_status<S: Snapshot>(reader: &MvccReader<'_, S>, txn: &mut MvccTxn, 
     }
     // Push min_commit_ts above the caller so its read is not blocked (only
     // for locks that carry one; 0 means the client does not expect pushes).
-    if lock.min_commit_ts != 0 && cmd.caller_start_ts != u64::MAX && cmd.caller_start_ts >= lock.min_commit_ts {
+    if lock.min_commit_ts != 0
+        && cmd.caller_start_ts != u64::MAX
+        && cmd.caller_start_ts >= lock.min_commit_ts
+    {
         lock.min_commit_ts = (cmd.caller_start_ts + 1).max(cmd.current_ts);
         txn.put_lock(key, &lock);
     }
-    let pushed = (cmd.caller_start_ts != 0 && lock.min_commit_ts > cmd.caller_start_ts) || cmd.caller_start_ts == u64::MAX;
-    Ok(TxnStatus::Uncommitted { lock, min_commit_ts_pushed: pushed })
+    let pushed = (cmd.caller_start_ts != 0 && lock.min_commit_ts > cmd.caller_start_ts)
+        || cmd.caller_start_ts == u64::MAX;
+    Ok(TxnStatus::Uncommitted {
+        lock,
+        min_commit_ts_pushed: pushed,
+    })
 }
 
 fn check_secondary_locks<S: Snapshot>(
