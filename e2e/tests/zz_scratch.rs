@@ -258,3 +258,45 @@ async fn scratch_committed_primary_overwritten() -> Result<()> {
     println!("S after resolving (expected A): {:?}", s.map(|v| String::from_utf8_lossy(&v).into_owned()));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scratch_pessimistic_lock_checks() -> Result<()> {
+    use shale_proto::kvrpcpb;
+    let cluster = Cluster::start(1).await?;
+    let client = txn_client(&cluster, Api::V1).await?;
+    let mut t = common::Target::new(&cluster, Api::V1).await?;
+    commit_puts(&client, &[(b"K".to_vec(), b"old".to_vec()), (b"O".to_vec(), b"old".to_vec())]).await?;
+    // 1. pessimistic lock with a for_update_ts older than the latest commit
+    let start = client.current_timestamp().await?.version();
+    let f = client.current_timestamp().await?.version();
+    commit_puts(&client, &[(b"K".to_vec(), b"newer".to_vec())]).await?;
+    let req = kvrpcpb::PessimisticLockRequest {
+        context: Some(t.ctx()),
+        mutations: vec![kvrpcpb::Mutation { op: kvrpcpb::Op::PessimisticLock as i32, key: b"K".to_vec(), ..Default::default() }],
+        primary_lock: b"K".to_vec(),
+        start_version: start,
+        lock_ttl: 20000,
+        for_update_ts: f,
+        return_values: true,
+        ..Default::default()
+    };
+    let resp = t.stub.kv_pessimistic_lock(req).await?.into_inner();
+    println!("1. lock with stale for_update_ts (expect WriteConflict): {resp:?}");
+    // 2. pessimistic lock on a key with another txn's optimistic prewrite lock
+    let s2 = client.current_timestamp().await?.version();
+    t.prewrite(&[(b"O".to_vec(), b"opt".to_vec())], b"O", s2, 20000, false).await?;
+    let s3 = client.current_timestamp().await?.version();
+    let req = kvrpcpb::PessimisticLockRequest {
+        context: Some(t.ctx()),
+        mutations: vec![kvrpcpb::Mutation { op: kvrpcpb::Op::PessimisticLock as i32, key: b"O".to_vec(), ..Default::default() }],
+        primary_lock: b"O".to_vec(),
+        start_version: s3,
+        lock_ttl: 20000,
+        for_update_ts: s3,
+        return_values: true,
+        ..Default::default()
+    };
+    let resp = t.stub.kv_pessimistic_lock(req).await?.into_inner();
+    println!("2. lock over a prewrite lock (expect locked): {resp:?}");
+    Ok(())
+}
