@@ -1,21 +1,24 @@
 //! A concurrent bank on real processes, in API V1 and API V2 at once:
 //! optimistic and pessimistic transfers racing on ten accounts must never
-//! create or destroy money, and every committed transfer must be applied.
+//! create or destroy money, and the final balances must be exactly what the
+//! committed transfers produce when replayed in commit-timestamp order.
+//!
+//! Every transfer reads and writes the same two accounts, so snapshot
+//! isolation with write-write conflict detection makes the history
+//! serializable in commit-ts order: each committed transfer must have read
+//! the balances left by the transfers committed before it. The replay checks
+//! exactly that and names the first transfer that did not.
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use common::{commit_puts, optimistic, patient, pessimistic, txn_client, Api};
 use rand::Rng;
 use shale_e2e::Cluster;
-use tikv_client::{KvPair, TransactionClient};
-
-// ---------------------------------------------------------------------------
-// Bank: concurrent transfers never create or destroy money
+use tikv_client::{KvPair, TimestampExt, TransactionClient};
 
 const ACCOUNTS: usize = 10;
 const INITIAL: i64 = 1000;
@@ -30,34 +33,48 @@ fn balance(value: Option<Vec<u8>>) -> Result<i64> {
     Ok(text.parse()?)
 }
 
-struct BankStats {
-    committed: AtomicU64,
-    failed: AtomicU64,
-    undetermined: AtomicU64,
+/// A committed transfer, as its client saw it.
+#[derive(Clone, Debug)]
+struct Transfer {
+    pessimistic: bool,
+    start_ts: u64,
+    commit_ts: u64,
+    from: usize,
+    to: usize,
+    amount: i64,
+    /// Balances of `from` and `to` as the transaction read them.
+    read: (i64, i64),
 }
 
-/// One transfer; `Ok(true)` if it committed.
+enum Outcome {
+    Committed(Transfer),
+    Failed(String),
+    Undetermined,
+}
+
 async fn transfer(
     client: &TransactionClient,
     pessimistic_mode: bool,
     from: usize,
     to: usize,
     amount: i64,
-) -> Result<bool, tikv_client::Error> {
+) -> Outcome {
     let options = if pessimistic_mode {
         pessimistic()
     } else {
         optimistic()
     };
-    let mut txn = client.begin_with_options(options).await?;
+    let mut txn = match client.begin_with_options(options).await {
+        Ok(txn) => txn,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let start_ts = txn.start_timestamp().version();
     let result = async {
         let (a, b) = (account(from), account(to));
         let (x, y) = if pessimistic_mode {
             // Both keys in one request: the store locks all or none
             // (wait_timeout 0), so two transfers cannot deadlock.
-            let mut pairs: Vec<KvPair> =
-                txn.batch_get_for_update(vec![a.clone(), b.clone()]).await?;
-            pairs.sort_by(|p, q| p.key().cmp(q.key()));
+            let pairs: Vec<KvPair> = txn.batch_get_for_update(vec![a.clone(), b.clone()]).await?;
             let get = |key: &Vec<u8>| {
                 pairs
                     .iter()
@@ -74,16 +91,66 @@ async fn transfer(
         };
         txn.put(a, (x - amount).to_string().into_bytes()).await?;
         txn.put(b, (y + amount).to_string().into_bytes()).await?;
-        txn.commit().await
+        let commit_ts = txn.commit().await?;
+        Ok((x, y, commit_ts))
     }
     .await;
     match result {
-        Ok(_) => Ok(true),
+        Ok((x, y, Some(commit_ts))) => Outcome::Committed(Transfer {
+            pessimistic: pessimistic_mode,
+            start_ts,
+            commit_ts: commit_ts.version(),
+            from,
+            to,
+            amount,
+            read: (x, y),
+        }),
+        Ok((_, _, None)) => Outcome::Failed("commit returned no timestamp".into()),
+        Err(tikv_client::Error::UndeterminedError(_)) => Outcome::Undetermined,
         Err(e) => {
             let _ = txn.rollback().await;
-            Err(e)
+            Outcome::Failed(e.to_string())
         }
     }
+}
+
+#[derive(Default)]
+struct Log {
+    committed: Vec<Transfer>,
+    failed: usize,
+    undetermined: usize,
+    sample_errors: Vec<String>,
+}
+
+/// Replays `committed` in commit-ts order from the initial balances; fails at
+/// the first transfer that read something other than the replayed state.
+fn replay(api: Api, committed: &mut [Transfer]) -> Result<[i64; ACCOUNTS]> {
+    committed.sort_by_key(|t| t.commit_ts);
+    let mut state = [INITIAL; ACCOUNTS];
+    let mut last_writer: [Option<&Transfer>; ACCOUNTS] = [None; ACCOUNTS];
+    for t in committed.iter() {
+        let expected = (state[t.from], state[t.to]);
+        if t.read != expected {
+            bail!(
+                "{api:?}: {} transfer {t:?} (start_ts {}) read {:?} but the transfers \
+                 committed before it left {expected:?}; last committed writers: from={:?} to={:?}",
+                if t.pessimistic {
+                    "pessimistic"
+                } else {
+                    "optimistic"
+                },
+                t.start_ts,
+                t.read,
+                last_writer[t.from],
+                last_writer[t.to]
+            );
+        }
+        state[t.from] = t.read.0 - t.amount;
+        state[t.to] = t.read.1 + t.amount;
+        last_writer[t.from] = Some(t);
+        last_writer[t.to] = Some(t);
+    }
+    Ok(state)
 }
 
 async fn run_bank(cluster: &Cluster, api: Api, tasks: usize, run_for: Duration) -> Result<()> {
@@ -93,19 +160,13 @@ async fn run_bank(cluster: &Cluster, api: Api, tasks: usize, run_for: Duration) 
         .collect();
     commit_puts(&client, &pairs).await?;
 
-    let stats = Arc::new(BankStats {
-        committed: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        undetermined: AtomicU64::new(0),
-    });
+    let log = Arc::new(Mutex::new(Log::default()));
     let deadline = Instant::now() + run_for;
     let mut handles = Vec::new();
     for task in 0..tasks {
         let client = client.clone();
-        let stats = stats.clone();
+        let log = log.clone();
         handles.push(tokio::spawn(async move {
-            // Per-account net effect of this task's committed transfers.
-            let mut delta = [0i64; ACCOUNTS];
             let pessimistic_mode = task % 2 == 1;
             while Instant::now() < deadline {
                 let (from, to, amount) = {
@@ -114,58 +175,63 @@ async fn run_bank(cluster: &Cluster, api: Api, tasks: usize, run_for: Duration) 
                     let to = (from + rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
                     (from, to, rng.random_range(1..=50i64))
                 };
-                match transfer(&client, pessimistic_mode, from, to, amount).await {
-                    Ok(_) => {
-                        stats.committed.fetch_add(1, Ordering::Relaxed);
-                        delta[from] -= amount;
-                        delta[to] += amount;
-                    }
-                    Err(tikv_client::Error::UndeterminedError(_)) => {
-                        stats.undetermined.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                let outcome = transfer(&client, pessimistic_mode, from, to, amount).await;
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                match outcome {
+                    Outcome::Committed(t) => log.committed.push(t),
+                    Outcome::Undetermined => log.undetermined += 1,
+                    Outcome::Failed(e) => {
+                        log.failed += 1;
+                        if log.sample_errors.len() < 3 {
+                            log.sample_errors.push(e.chars().take(200).collect());
+                        }
                     }
                 }
             }
-            delta
         }));
     }
-    let mut expected = [INITIAL; ACCOUNTS];
     for handle in handles {
-        let delta = handle.await?;
-        for (e, d) in expected.iter_mut().zip(delta) {
-            *e += d;
-        }
+        handle.await?;
     }
-
-    let committed = stats.committed.load(Ordering::Relaxed);
-    let failed = stats.failed.load(Ordering::Relaxed);
-    let undetermined = stats.undetermined.load(Ordering::Relaxed);
-    println!("{api:?} bank: {committed} committed, {failed} failed, {undetermined} undetermined");
+    let mut log = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+    println!(
+        "{api:?} bank: {} committed, {} failed, {} undetermined; sample errors {:?}",
+        log.committed.len(),
+        log.failed,
+        log.undetermined,
+        log.sample_errors
+    );
 
     let ts = client.current_timestamp().await?;
     let mut snapshot = client.snapshot(ts, optimistic().retry_options(patient()));
-    let mut balances = Vec::new();
-    for i in 0..ACCOUNTS {
-        balances.push(
-            balance(snapshot.get(account(i)).await?).with_context(|| format!("account {i}"))?,
-        );
+    let mut balances = [0i64; ACCOUNTS];
+    for (i, b) in balances.iter_mut().enumerate() {
+        *b = balance(snapshot.get(account(i)).await?).with_context(|| format!("account {i}"))?;
     }
     let total: i64 = balances.iter().sum();
-    ensure!(
-        total == INITIAL * ACCOUNTS as i64,
-        "{api:?}: money created or destroyed: total {total}, balances {balances:?}"
-    );
-    ensure!(
-        committed > 0,
-        "{api:?}: no transfer committed ({failed} failed)"
-    );
-    if undetermined == 0 {
-        ensure!(
-            balances == expected,
-            "{api:?}: balances {balances:?} differ from the committed transfers {expected:?}"
+    let replayed = if log.undetermined == 0 {
+        Some(replay(api, &mut log.committed))
+    } else {
+        None
+    };
+    if total != INITIAL * ACCOUNTS as i64 {
+        bail!(
+            "{api:?}: money created or destroyed: total {total}, balances {balances:?}; \
+             replay of the {} committed transfers: {replayed:?}",
+            log.committed.len()
         );
+    }
+    if log.committed.is_empty() {
+        bail!("{api:?}: no transfer committed ({} failed)", log.failed);
+    }
+    if let Some(replayed) = replayed {
+        let replayed = replayed?;
+        if replayed != balances {
+            bail!(
+                "{api:?}: balances {balances:?} differ from the replay of the committed \
+                 transfers {replayed:?}"
+            );
+        }
     }
     Ok(())
 }
