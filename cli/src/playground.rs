@@ -20,6 +20,10 @@ pub struct Args {
     /// Storage node HTTP status address ("" disables it).
     #[arg(long, default_value = "127.0.0.1:20180")]
     pub status_addr: String,
+    /// Client API the cluster serves: 1, or 2 for keyspaces
+    /// (`Config::with_default_keyspace()`, `shale ... --keyspace`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub api_version: u8,
 }
 
 /// A running playground cluster.
@@ -48,6 +52,7 @@ impl Playground {
             listen_addr: args.store_addr.clone(),
             status_addr: args.status_addr.clone(),
             pd_endpoints: vec![placement.addr().to_string()],
+            api_version: args.api_version,
             ..Default::default()
         };
         let store = match shale_storage_node::start(store_config).await {
@@ -85,13 +90,24 @@ pub async fn run(args: Args) -> Result<()> {
         playground.store.store_id(),
         playground.store.addr()
     );
+    println!("  client API     : V{}", args.api_version);
     println!();
     println!("Connect with the TiKV Rust client (tikv-client 0.4):");
-    println!("  let client = tikv_client::RawClient::new(vec![\"{pd}\"]).await?;");
-    println!("  let txn_client = tikv_client::TransactionClient::new(vec![\"{pd}\"]).await?;");
+    let (config, flag) = if args.api_version == 2 {
+        (
+            "tikv_client::Config::default().with_default_keyspace()",
+            " --keyspace",
+        )
+    } else {
+        ("tikv_client::Config::default()", "")
+    };
+    println!(
+        "  let raw = tikv_client::RawClient::new_with_config(vec![\"{pd}\"], {config}).await?;"
+    );
+    println!("  let txn = tikv_client::TransactionClient::new_with_config(vec![\"{pd}\"], {config}).await?;");
     println!("or from a shell:");
-    println!("  shale raw put hello world --pd {pd}");
-    println!("  shale txn get hello --pd {pd}");
+    println!("  shale raw put hello world --pd {pd}{flag}");
+    println!("  shale txn get hello --pd {pd}{flag}");
     println!();
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c()

@@ -28,6 +28,10 @@ pub struct Config {
     pub pd_connect_timeout_ms: u64,
     /// Largest accepted value, in bytes.
     pub max_value_size: usize,
+    /// The client API this store serves, as TiKV's `storage.api-version`:
+    /// 1 (raw keys as given, no keyspaces) or 2 (keyspace-prefixed keys). One
+    /// cluster serves one version, so the two key layouts never mix.
+    pub api_version: u8,
 }
 
 impl Default for Config {
@@ -43,6 +47,7 @@ impl Default for Config {
             gc_interval_ms: 10_000,
             pd_connect_timeout_ms: 60_000,
             max_value_size: 8 * 1024 * 1024,
+            api_version: 1,
         }
     }
 }
@@ -85,6 +90,12 @@ impl Config {
         if self.heartbeat_interval_ms == 0 || self.gc_interval_ms == 0 {
             return Err(ConfigError::Invalid("intervals must be positive".into()));
         }
+        if !matches!(self.api_version, 1 | 2) {
+            return Err(ConfigError::Invalid(format!(
+                "api_version must be 1 or 2, not {}",
+                self.api_version
+            )));
+        }
         if self.max_value_size == 0 {
             return Err(ConfigError::Invalid(
                 "max_value_size must be positive".into(),
@@ -116,5 +127,10 @@ mod tests {
             ..Config::default()
         };
         assert!(empty_pd.validate().is_err());
+        let api3 = Config {
+            api_version: 3,
+            ..Config::default()
+        };
+        assert!(api3.validate().is_err());
     }
 }

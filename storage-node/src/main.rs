@@ -31,6 +31,9 @@ struct Args {
     /// Placement endpoints, comma separated.
     #[arg(long = "pd", env = "SHALE_PD", value_delimiter = ',')]
     pd_endpoints: Option<Vec<String>>,
+    /// Client API served: 1, or 2 for keyspaces (`Config::with_default_keyspace()`).
+    #[arg(long, env = "SHALE_API_VERSION")]
+    api_version: Option<u8>,
     /// Log filter, e.g. `info` or `shale_storage_node=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
@@ -53,6 +56,9 @@ impl Args {
         }
         if let Some(v) = self.status_addr {
             config.status_addr = v;
+        }
+        if let Some(v) = self.api_version {
+            config.api_version = v;
         }
         if let Some(v) = self.pd_endpoints {
             config.pd_endpoints = v;

@@ -87,6 +87,7 @@ pub async fn run(args: Args) -> Result<()> {
         pd_addr: "127.0.0.1:0".into(),
         store_addr: "127.0.0.1:0".into(),
         status_addr: String::new(),
+        api_version: 1,
     })
     .await?;
     let pd = vec![pg.pd_endpoint()];

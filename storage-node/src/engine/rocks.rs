@@ -121,6 +121,21 @@ impl RocksEngine {
         Ok(self.db.put_cf_opt(cf, key, value, &wo)?)
     }
 
+    /// Writes several metadata entries atomically and durably.
+    pub fn put_meta_batch(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> EngineResult<()> {
+        let cf = self
+            .db
+            .cf_handle(META_CF)
+            .ok_or(EngineError::MissingCf(META_CF))?;
+        let mut wb = WriteBatch::default();
+        for (k, v) in entries {
+            wb.put_cf(cf, k, v);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        Ok(self.db.write_opt(wb, &wo)?)
+    }
+
     pub fn delete_meta(&self, key: &[u8]) -> EngineResult<()> {
         let cf = self
             .db

@@ -264,6 +264,40 @@ impl PdClient for GrpcPdClient {
         Ok(())
     }
 
+    async fn ask_batch_split(
+        &self,
+        region: metapb::Region,
+        split_count: u32,
+    ) -> PdResult<Vec<pdpb::SplitId>> {
+        let req = pdpb::AskBatchSplitRequest {
+            header: self.header(),
+            region: Some(region),
+            split_count,
+        };
+        let resp = self
+            .call(|mut s| {
+                let req = req.clone();
+                async move { s.ask_batch_split(req).await }
+            })
+            .await?;
+        check_header(resp.header.as_ref())?;
+        Ok(resp.ids)
+    }
+
+    async fn report_batch_split(&self, regions: Vec<metapb::Region>) -> PdResult<()> {
+        let req = pdpb::ReportBatchSplitRequest {
+            header: self.header(),
+            regions,
+        };
+        let resp = self
+            .call(|mut s| {
+                let req = req.clone();
+                async move { s.report_batch_split(req).await }
+            })
+            .await?;
+        check_header(resp.header.as_ref())
+    }
+
     async fn gc_safe_point(&self) -> PdResult<u64> {
         let header = self.header();
         let resp = self

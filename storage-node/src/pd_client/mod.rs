@@ -61,5 +61,16 @@ pub trait PdClient: Send + Sync + 'static {
         &self,
         req: pdpb::RegionHeartbeatRequest,
     ) -> impl Future<Output = PdResult<()>> + Send;
+    /// New Region and peer ids for splitting `region` into `split_count + 1`.
+    fn ask_batch_split(
+        &self,
+        region: metapb::Region,
+        split_count: u32,
+    ) -> impl Future<Output = PdResult<Vec<pdpb::SplitId>>> + Send;
+    /// Tells placement the Regions a split produced.
+    fn report_batch_split(
+        &self,
+        regions: Vec<metapb::Region>,
+    ) -> impl Future<Output = PdResult<()>> + Send;
     fn gc_safe_point(&self) -> impl Future<Output = PdResult<u64>> + Send;
 }

@@ -5,8 +5,10 @@
 
 mod check;
 mod requests;
+mod split;
 
 pub use check::{KeyMode, RegionRequest, ScopeKeys};
+pub use split::{split_region, SplitError};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,11 +70,38 @@ impl RegionRegistry {
         Ok(())
     }
 
+    /// Persists several Regions in one atomic write (a split's results), then
+    /// serves them.
+    pub fn insert_all(&self, regions: Vec<metapb::Region>) -> Result<(), RegionError> {
+        let entries: Vec<_> = regions
+            .iter()
+            .map(|r| (region_meta_key(r.id), r.encode_to_vec()))
+            .collect();
+        self.rocks.put_meta_batch(&entries)?;
+        let mut map = self.regions.write();
+        for r in regions {
+            map.insert(r.id, r);
+        }
+        Ok(())
+    }
+
     /// Stops serving a Region and forgets it (e.g. a bootstrap that lost a race).
     pub fn remove(&self, region_id: u64) -> Result<(), RegionError> {
         self.rocks.delete_meta(&region_meta_key(region_id))?;
         self.regions.write().remove(&region_id);
         Ok(())
+    }
+
+    /// The Region whose range strictly contains `key` (so splitting there
+    /// makes sense), if any.
+    pub fn region_splittable_at(&self, key: &[u8]) -> Option<metapb::Region> {
+        self.regions
+            .read()
+            .values()
+            .find(|r| {
+                key > r.start_key.as_slice() && (r.end_key.is_empty() || key < r.end_key.as_slice())
+            })
+            .cloned()
     }
 
     pub fn ids(&self) -> Vec<u64> {

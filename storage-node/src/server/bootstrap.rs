@@ -23,6 +23,8 @@ pub enum BootstrapError {
     Engine(#[from] crate::engine::EngineError),
     #[error("data directory belongs to cluster {stored}, but placement serves cluster {actual}")]
     ClusterMismatch { stored: u64, actual: u64 },
+    #[error(transparent)]
+    Split(#[from] crate::region::SplitError),
     #[error("stored store identity is corrupt")]
     CorruptIdent,
 }

@@ -4,6 +4,7 @@
 mod bootstrap;
 mod gc_worker;
 mod heartbeat;
+mod keyspace_split;
 pub mod metrics;
 mod service;
 mod status;
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use shale_proto::kvrpcpb::ApiVersion;
 use shale_proto::metapb;
 use shale_proto::tikvpb::tikv_server::TikvServer;
 use tokio::net::TcpListener;
@@ -136,6 +138,17 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
     };
     bootstrap::ensure_cluster_bootstrapped(&*pd, &regions, store.clone()).await?;
     pd.put_store(store).await?;
+    let api_version = if config.api_version == 2 {
+        keyspace_split::ensure_split(
+            &*pd,
+            &regions,
+            &keyspace_split::default_keyspace_boundaries(),
+        )
+        .await?;
+        ApiVersion::V2
+    } else {
+        ApiVersion::V1
+    };
     tracing::info!(store_id = ident.store_id, %addr, regions = ?regions.ids(), "store is up");
 
     let storage = Storage::new(
@@ -148,11 +161,15 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let service = TikvServer::new(TikvService::new(storage.clone(), regions.clone()))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let service = TikvServer::new(TikvService::new(
+        storage.clone(),
+        regions.clone(),
+        api_version,
+    ))
+    .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Gzip)
+    .max_decoding_message_size(MAX_GRPC_MESSAGE)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE);
     let mut grpc_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -4,23 +4,44 @@
 
 use std::time::Instant;
 
-use shale_proto::kvrpcpb;
+use shale_proto::kvrpcpb::{self, ApiVersion};
 use shale_proto::tikvpb::tikv_server::Tikv;
 use tonic::{Request, Response, Status};
 
 use super::metrics;
 use crate::engine::Engine;
-use crate::region::RegionRegistry;
+use crate::region::{RegionRegistry, RegionRequest};
 use crate::storage::{Storage, StorageError};
 
 pub struct TikvService<E: Engine> {
     storage: Storage<E>,
     regions: RegionRegistry,
+    api_version: ApiVersion,
 }
 
 impl<E: Engine> TikvService<E> {
-    pub fn new(storage: Storage<E>, regions: RegionRegistry) -> Self {
-        TikvService { storage, regions }
+    pub fn new(storage: Storage<E>, regions: RegionRegistry, api_version: ApiVersion) -> Self {
+        TikvService {
+            storage,
+            regions,
+            api_version,
+        }
+    }
+
+    /// Rejects requests made for the other key layout (API V1 vs V2).
+    fn check_api_version(&self, ctx: Option<&kvrpcpb::Context>) -> Result<(), Status> {
+        let requested = match ctx.map(|c| c.api_version()) {
+            Some(ApiVersion::V2) => ApiVersion::V2,
+            _ => ApiVersion::V1,
+        };
+        if requested == self.api_version {
+            return Ok(());
+        }
+        Err(Status::invalid_argument(format!(
+            "this cluster serves API {}, the request uses API {} (configure the client to match)",
+            self.api_version.as_str_name(),
+            requested.as_str_name()
+        )))
     }
 }
 
@@ -45,7 +66,9 @@ macro_rules! tikv_impl {
                 async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
                     let started = Instant::now();
                     let req = request.into_inner();
-                    let result = match self.regions.check(&req) {
+                    let result = match self.check_api_version(RegionRequest::context(&req)) {
+                        Err(status) => Err(status),
+                        Ok(()) => match self.regions.check(&req) {
                         Err(region_error) => {
                             metrics::REGION_ERRORS.with_label_values(&[stringify!($method)]).inc();
                             Ok(<$resp>::default_with_region_error(*region_error))
@@ -55,6 +78,7 @@ macro_rules! tikv_impl {
                             .$method(req)
                             .await
                             .map_err(|e| storage_status(stringify!($method), e)),
+                        },
                     };
                     metrics::observe(stringify!($method), started, result.is_ok());
                     result.map(Response::new)
@@ -67,11 +91,15 @@ macro_rules! tikv_impl {
                 request: Request<kvrpcpb::UnsafeDestroyRangeRequest>,
             ) -> Result<Response<kvrpcpb::UnsafeDestroyRangeResponse>, Status> {
                 let started = Instant::now();
-                let result = self
-                    .storage
-                    .unsafe_destroy_range(request.into_inner())
-                    .await
-                    .map_err(|e| storage_status("unsafe_destroy_range", e));
+                let req = request.into_inner();
+                let result = match self.check_api_version(req.context.as_ref()) {
+                    Err(status) => Err(status),
+                    Ok(()) => self
+                        .storage
+                        .unsafe_destroy_range(req)
+                        .await
+                        .map_err(|e| storage_status("unsafe_destroy_range", e)),
+                };
                 metrics::observe("unsafe_destroy_range", started, result.is_ok());
                 result.map(Response::new)
             }
