@@ -29,16 +29,48 @@ fn new_histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow!("histogram: {e}"))
 }
 
-fn merge(parts: Vec<(u64, Histogram<u64>)>, elapsed: Duration) -> Result<Sample> {
+/// One client's tally: operations done and their latencies.
+struct Recorder {
+    ops: u64,
+    hist: Histogram<u64>,
+}
+
+impl Recorder {
+    fn new() -> Result<Self> {
+        Ok(Recorder {
+            ops: 0,
+            hist: new_histogram()?,
+        })
+    }
+
+    fn record(&mut self, since: Instant) -> Result<()> {
+        self.hist
+            .record(since.elapsed().as_micros() as u64)
+            .map_err(|e| anyhow!("histogram: {e}"))?;
+        self.ops += 1;
+        Ok(())
+    }
+
+    fn done(self) -> (u64, Histogram<u64>) {
+        (self.ops, self.hist)
+    }
+}
+
+/// A client task's result: operations done and their latencies.
+type ClientTask = tokio::task::JoinHandle<Result<(u64, Histogram<u64>)>>;
+
+/// Waits for every client and adds up what they measured.
+async fn merge(tasks: Vec<ClientTask>, started: Instant) -> Result<Sample> {
     let mut latency_us = new_histogram()?;
     let mut ops = 0;
-    for (n, h) in parts {
+    for task in tasks {
+        let (n, h) = task.await??;
         ops += n;
         latency_us.add(h).map_err(|e| anyhow!("histogram: {e}"))?;
     }
     Ok(Sample {
         ops,
-        elapsed,
+        elapsed: started.elapsed(),
         latency_us,
     })
 }
@@ -56,23 +88,16 @@ where
     for client in 0..clients {
         let op = op.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = new_histogram()?;
-            let mut seq = 0u64;
+            let mut rec = Recorder::new()?;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                op(client, seq).await?;
-                hist.record(t.elapsed().as_micros() as u64)
-                    .map_err(|e| anyhow!("{e}"))?;
-                seq += 1;
+                op(client, rec.ops).await?;
+                rec.record(t)?;
             }
-            Ok::<_, anyhow::Error>((seq, hist))
+            Ok::<_, anyhow::Error>(rec.done())
         }));
     }
-    let mut parts = Vec::with_capacity(clients);
-    for t in tasks {
-        parts.push(t.await??);
-    }
-    merge(parts, started.elapsed())
+    merge(tasks, started).await
 }
 
 /// `op(client, seq)` from `clients` OS threads until `duration` has passed.
@@ -87,21 +112,14 @@ where
     for client in 0..clients {
         let op = op.clone();
         tasks.push(tokio::task::spawn_blocking(move || {
-            let mut hist = new_histogram()?;
-            let mut seq = 0u64;
+            let mut rec = Recorder::new()?;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                op(client, seq)?;
-                hist.record(t.elapsed().as_micros() as u64)
-                    .map_err(|e| anyhow!("{e}"))?;
-                seq += 1;
+                op(client, rec.ops)?;
+                rec.record(t)?;
             }
-            Ok::<_, anyhow::Error>((seq, hist))
+            Ok::<_, anyhow::Error>(rec.done())
         }));
     }
-    let mut parts = Vec::with_capacity(clients);
-    for t in tasks {
-        parts.push(t.await??);
-    }
-    merge(parts, started.elapsed())
+    merge(tasks, started).await
 }

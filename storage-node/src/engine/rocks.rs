@@ -103,55 +103,46 @@ impl RocksEngine {
 
     /// Reads local metadata (store identity, Region state).
     pub fn get_meta(&self, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
-        let cf = self
-            .db
-            .cf_handle(META_CF)
-            .ok_or(EngineError::MissingCf(META_CF))?;
-        Ok(self.db.get_cf(cf, key)?)
+        Ok(self.db.get_cf(self.meta_cf()?, key)?)
     }
 
     /// Writes local metadata durably, regardless of the data sync setting.
     pub fn put_meta(&self, key: &[u8], value: &[u8]) -> EngineResult<()> {
-        let cf = self
-            .db
-            .cf_handle(META_CF)
-            .ok_or(EngineError::MissingCf(META_CF))?;
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        Ok(self.db.put_cf_opt(cf, key, value, &wo)?)
+        self.put_meta_batch(&[(key.to_vec(), value.to_vec())])
     }
 
     /// Writes several metadata entries atomically and durably.
     pub fn put_meta_batch(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> EngineResult<()> {
-        let cf = self
-            .db
-            .cf_handle(META_CF)
-            .ok_or(EngineError::MissingCf(META_CF))?;
+        let cf = self.meta_cf()?;
         let mut wb = WriteBatch::default();
         for (k, v) in entries {
             wb.put_cf(cf, k, v);
         }
+        self.write_meta(wb)
+    }
+
+    pub fn delete_meta(&self, key: &[u8]) -> EngineResult<()> {
+        let mut wb = WriteBatch::default();
+        wb.delete_cf(self.meta_cf()?, key);
+        self.write_meta(wb)
+    }
+
+    fn meta_cf(&self) -> EngineResult<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(META_CF)
+            .ok_or(EngineError::MissingCf(META_CF))
+    }
+
+    /// Metadata writes are always fsynced: they describe what the data means.
+    fn write_meta(&self, wb: WriteBatch) -> EngineResult<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         Ok(self.db.write_opt(wb, &wo)?)
     }
 
-    pub fn delete_meta(&self, key: &[u8]) -> EngineResult<()> {
-        let cf = self
-            .db
-            .cf_handle(META_CF)
-            .ok_or(EngineError::MissingCf(META_CF))?;
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        Ok(self.db.delete_cf_opt(cf, key, &wo)?)
-    }
-
     /// All local metadata entries whose key starts with `prefix`.
     pub fn scan_meta(&self, prefix: &[u8]) -> EngineResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let cf = self
-            .db
-            .cf_handle(META_CF)
-            .ok_or(EngineError::MissingCf(META_CF))?;
+        let cf = self.meta_cf()?;
         let mut out = Vec::new();
         let mut it = self.db.raw_iterator_cf(cf);
         it.seek(prefix);
