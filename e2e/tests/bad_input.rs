@@ -1,7 +1,9 @@
 //! Bad input gets a clear error, never a panic, and the server keeps serving:
 //! empty and oversized keys, oversized values, misaddressed requests (unknown
-//! Region, stale epoch, wrong store), undecodable protobuf, garbage bytes on
-//! the ports, and a corrupt storage-node config file.
+//! Region, stale epoch, wrong store, key outside the Region), API V2 keys
+//! without their mode prefix, undecodable protobuf, garbage bytes on the
+//! ports, and a corrupt storage-node config file. API V1 runs on a cluster
+//! with the default `api_version`, API V2 on one with `api_version = 2`.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use common::{k, optimistic, raw_client, read, txn_client, Api, Target};
+use common::{k, optimistic, raw_client, read, start_cluster, txn_client, Api, KeyMode, Target};
 use shale_e2e::Cluster;
 use shale_proto::kvrpcpb;
 use tikv_client::{Backoff, KvPair, RawClient, TimestampExt, TransactionClient};
@@ -23,6 +25,11 @@ const MAX_KEY: usize = 8 * 1024;
 
 fn store_config() -> String {
     format!("max_value_size = {MAX_VALUE}\n")
+}
+
+/// A one-store cluster serving `api` that accepts values up to `MAX_VALUE`.
+async fn start(api: Api) -> Result<Cluster> {
+    start_cluster(api, &store_config()).await
 }
 
 /// `result` must be an error whose text mentions `topic` (case-insensitive).
@@ -60,6 +67,26 @@ fn assert_rejected<T>(
             assert!(!msg.is_empty(), "{what}: accepted without an error");
         }
     }
+}
+
+/// Like [`assert_rejected`], and the explanation mentions `topic`.
+fn assert_rejected_about<T>(
+    result: Result<Response<T>, Status>,
+    error: impl Fn(&T) -> String,
+    topic: &str,
+    what: &str,
+) {
+    let msg = match result {
+        Err(status) => {
+            assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+            status.message().to_string()
+        }
+        Ok(resp) => error(resp.get_ref()),
+    };
+    assert!(
+        msg.to_lowercase().contains(topic),
+        "{what}: the error does not mention {topic:?}: {msg:?}"
+    );
 }
 
 /// Fails fast instead of retrying: each bad request gets exactly one answer.
@@ -101,125 +128,121 @@ async fn commit_single(client: &TransactionClient, key: Vec<u8>, value: Vec<u8>)
     }
 }
 
-async fn bad_keys_and_values(cluster: &mut Cluster) -> Result<()> {
-    let raw1 = impatient_raw(cluster, Api::V1).await?;
-    let raw2 = impatient_raw(cluster, Api::V2).await?;
-    let txn1 = txn_client(cluster, Api::V1).await?;
-    let txn2 = txn_client(cluster, Api::V2).await?;
+async fn bad_keys_and_values(cluster: &mut Cluster, api: Api) -> Result<()> {
+    let raw = impatient_raw(cluster, api).await?;
+    let txn = txn_client(cluster, api).await?;
 
     // Empty key (API V1: with V2 the client's keyspace prefix makes it non-empty).
-    assert_clear_error(
-        raw1.put(Vec::<u8>::new(), k("v")).await,
-        "key",
-        "raw put of an empty key",
-    );
-    assert_clear_error(
-        raw1.batch_put(vec![KvPair::new(Vec::<u8>::new(), k("v"))])
-            .await,
-        "key",
-        "raw batch_put of an empty key",
-    );
-    assert_clear_error(
-        commit_single(&txn1, Vec::new(), k("v")).await,
-        "key",
-        "txn put of an empty key",
-    );
-    still_serving(cluster, &raw1, "empty-key").await?;
+    if api == Api::V1 {
+        assert_clear_error(
+            raw.put(Vec::<u8>::new(), k("v")).await,
+            "key",
+            "raw put of an empty key",
+        );
+        assert_clear_error(
+            raw.batch_put(vec![KvPair::new(Vec::<u8>::new(), k("v"))])
+                .await,
+            "key",
+            "raw batch_put of an empty key",
+        );
+        assert_clear_error(
+            commit_single(&txn, Vec::new(), k("v")).await,
+            "key",
+            "txn put of an empty key",
+        );
+        still_serving(cluster, &raw, "empty-key").await?;
+    }
 
     // Keys: 8 KiB is the limit, one more byte is refused.
     let huge_key = vec![b'k'; MAX_KEY + 1];
-    for (api, raw) in [(Api::V1, &raw1), (Api::V2, &raw2)] {
-        assert_clear_error(
-            raw.put(huge_key.clone(), k("v")).await,
-            "key",
-            &format!("{api:?} raw put of a {}-byte key", MAX_KEY + 1),
-        );
-        let mut cas_key = huge_key.clone();
-        cas_key.push(b'c');
-        assert_clear_error(
-            raw.with_atomic_for_cas()
-                .compare_and_swap(cas_key, None, k("v"))
-                .await,
-            "key",
-            &format!("{api:?} CAS with a huge key"),
-        );
+    assert_clear_error(
+        raw.put(huge_key.clone(), k("v")).await,
+        "key",
+        &format!("{api:?} raw put of a {}-byte key", MAX_KEY + 1),
+    );
+    let mut cas_key = huge_key.clone();
+    cas_key.push(b'c');
+    assert_clear_error(
+        raw.with_atomic_for_cas()
+            .compare_and_swap(cas_key, None, k("v"))
+            .await,
+        "key",
+        &format!("{api:?} CAS with a huge key"),
+    );
+    assert_clear_error(
+        commit_single(&txn, huge_key.clone(), k("v")).await,
+        "key",
+        &format!("{api:?} txn put of a {}-byte key", MAX_KEY + 1),
+    );
+    if api == Api::V1 {
+        // (Under API V2 the keyspace prefix adds 4 bytes on the wire.)
+        let max_key = vec![b'm'; MAX_KEY];
+        raw.put(max_key.clone(), k("fits"))
+            .await
+            .context("an 8 KiB key is allowed")?;
+        assert_eq!(raw.get(max_key).await?, Some(k("fits")));
     }
-    for (api, txn) in [(Api::V1, &txn1), (Api::V2, &txn2)] {
-        assert_clear_error(
-            commit_single(txn, huge_key.clone(), k("v")).await,
-            "key",
-            &format!("{api:?} txn put of a {}-byte key", MAX_KEY + 1),
-        );
-    }
-    let max_key = vec![b'm'; MAX_KEY];
-    raw1.put(max_key.clone(), k("fits"))
-        .await
-        .context("an 8 KiB key is allowed")?;
-    assert_eq!(raw1.get(max_key).await?, Some(k("fits")));
-    still_serving(cluster, &raw1, "huge-key").await?;
+    still_serving(cluster, &raw, "huge-key").await?;
 
     // Values: the configured max_value_size is accepted, one byte more is not.
     let big = vec![b'v'; MAX_VALUE + 1];
     let fits = vec![b'f'; MAX_VALUE];
-    for (api, raw) in [(Api::V1, &raw1), (Api::V2, &raw2)] {
-        assert_clear_error(
-            raw.put(k("big/raw"), big.clone()).await,
-            "value",
-            &format!("{api:?} raw put of a big value"),
-        );
-        assert_clear_error(
-            raw.put_with_ttl(k("big/ttl"), big.clone(), 60).await,
-            "value",
-            &format!("{api:?} raw put_with_ttl of a big value"),
-        );
-        assert_clear_error(
-            raw.batch_put(vec![KvPair::new(k("big/batch"), big.clone())])
-                .await,
-            "value",
-            &format!("{api:?} raw batch_put of a big value"),
-        );
-        assert_clear_error(
-            raw.with_atomic_for_cas()
-                .compare_and_swap(k("big/cas"), None, big.clone())
-                .await,
-            "value",
-            &format!("{api:?} CAS with a big value"),
-        );
-        for key in ["big/raw", "big/ttl", "big/batch", "big/cas"] {
-            assert_eq!(
-                raw.get(k(key)).await?,
-                None,
-                "{api:?}: rejected {key} was stored"
-            );
-        }
-        raw.put(k("big/fits"), fits.clone())
-            .await
-            .with_context(|| format!("{api:?}: a value of exactly max_value_size"))?;
-        assert_eq!(raw.get(k("big/fits")).await?, Some(fits.clone()));
-    }
-    for (api, txn) in [(Api::V1, &txn1), (Api::V2, &txn2)] {
-        assert_clear_error(
-            commit_single(txn, k("big/txn"), big.clone()).await,
-            "value",
-            &format!("{api:?} txn put of a big value"),
-        );
+    assert_clear_error(
+        raw.put(k("big/raw"), big.clone()).await,
+        "value",
+        &format!("{api:?} raw put of a big value"),
+    );
+    assert_clear_error(
+        raw.put_with_ttl(k("big/ttl"), big.clone(), 60).await,
+        "value",
+        &format!("{api:?} raw put_with_ttl of a big value"),
+    );
+    assert_clear_error(
+        raw.batch_put(vec![KvPair::new(k("big/batch"), big.clone())])
+            .await,
+        "value",
+        &format!("{api:?} raw batch_put of a big value"),
+    );
+    assert_clear_error(
+        raw.with_atomic_for_cas()
+            .compare_and_swap(k("big/cas"), None, big.clone())
+            .await,
+        "value",
+        &format!("{api:?} CAS with a big value"),
+    );
+    for key in ["big/raw", "big/ttl", "big/batch", "big/cas"] {
         assert_eq!(
-            read(txn, b"big/txn").await?,
+            raw.get(k(key)).await?,
             None,
-            "{api:?}: rejected txn value stored"
+            "{api:?}: rejected {key} was stored"
         );
-        let now = txn.current_timestamp().await?;
-        let locks = txn.scan_locks(&now, k("big/")..k("big0"), 100).await?;
-        assert!(
-            locks.is_empty(),
-            "{api:?}: rejected txn left locks: {locks:?}"
-        );
-        commit_single(txn, k("big/txn-fits"), fits.clone())
-            .await
-            .with_context(|| format!("{api:?}: txn value of exactly max_value_size"))?;
-        assert_eq!(read(txn, b"big/txn-fits").await?, Some(fits.clone()));
     }
-    still_serving(cluster, &raw1, "big-value").await?;
+    raw.put(k("big/fits"), fits.clone())
+        .await
+        .with_context(|| format!("{api:?}: a value of exactly max_value_size"))?;
+    assert_eq!(raw.get(k("big/fits")).await?, Some(fits.clone()));
+
+    assert_clear_error(
+        commit_single(&txn, k("big/txn"), big.clone()).await,
+        "value",
+        &format!("{api:?} txn put of a big value"),
+    );
+    assert_eq!(
+        read(&txn, b"big/txn").await?,
+        None,
+        "{api:?}: rejected txn value stored"
+    );
+    let now = txn.current_timestamp().await?;
+    let locks = txn.scan_locks(&now, k("big/")..k("big0"), 100).await?;
+    assert!(
+        locks.is_empty(),
+        "{api:?}: rejected txn left locks: {locks:?}"
+    );
+    commit_single(&txn, k("big/txn-fits"), fits.clone())
+        .await
+        .with_context(|| format!("{api:?}: txn value of exactly max_value_size"))?;
+    assert_eq!(read(&txn, b"big/txn-fits").await?, Some(fits.clone()));
+    still_serving(cluster, &raw, "big-value").await?;
     Ok(())
 }
 
@@ -447,51 +470,6 @@ async fn bad_requests_on_the_wire(cluster: &mut Cluster) -> Result<()> {
             "a rejected batch was partly applied: {key} stored"
         );
     }
-    // API V2 requests must carry the key-mode prefix.
-    let v2 = kvrpcpb::Context {
-        api_version: kvrpcpb::ApiVersion::V2 as i32,
-        ..good.clone()
-    };
-    let resp = t.stub.raw_put(put(v2.clone(), b"no-prefix")).await;
-    assert_rejected(
-        resp,
-        |r| r.error.clone(),
-        "V2 RawPut without the 'r' prefix",
-    );
-    let resp = t
-        .stub
-        .raw_put(put(v2.clone(), b"x\0\0\0txn-mode-key"))
-        .await;
-    assert_rejected(
-        resp,
-        |r| r.error.clone(),
-        "V2 RawPut with a transactional ('x') key",
-    );
-    let resp = t
-        .stub
-        .kv_prewrite(kvrpcpb::PrewriteRequest {
-            context: Some(v2),
-            mutations: vec![kvrpcpb::Mutation {
-                op: kvrpcpb::Op::Put as i32,
-                key: k("r\0\0\0raw-mode-key"),
-                value: k("v"),
-                ..Default::default()
-            }],
-            primary_lock: k("r\0\0\0raw-mode-key"),
-            ..prewrite
-        })
-        .await;
-    assert_rejected(
-        resp,
-        |r| {
-            if r.errors.is_empty() {
-                String::new()
-            } else {
-                format!("{:?}", r.errors)
-            }
-        },
-        "V2 KvPrewrite with a raw ('r') key",
-    );
     // A scan whose limit is absurd is bounded, not an allocation bomb.
     let resp = t
         .stub
@@ -506,6 +484,120 @@ async fn bad_requests_on_the_wire(cluster: &mut Cluster) -> Result<()> {
         .into_inner();
     assert!(resp.region_error.is_none());
     still_serving(cluster, &raw1, "misrouted-requests").await?;
+    Ok(())
+}
+
+/// Requests only an API V2 cluster can get wrong: keys without their
+/// key-mode prefix (each sent to the Region its key belongs to, so the
+/// prefix check is what refuses it), and a keyspace key sent to the
+/// keyspace's other Region.
+async fn bad_v2_requests_on_the_wire(cluster: &mut Cluster) -> Result<()> {
+    let raw2 = impatient_raw(cluster, Api::V2).await?;
+    let txn2 = txn_client(cluster, Api::V2).await?;
+    let mut t = Target::new(cluster, Api::V2).await?;
+    let put = |ctx: kvrpcpb::Context, key: &[u8]| kvrpcpb::RawPutRequest {
+        context: Some(ctx),
+        key: key.to_vec(),
+        value: k("misrouted"),
+        ..Default::default()
+    };
+
+    // API V2 requests must carry the key-mode prefix.
+    t.route(KeyMode::Raw, b"no-prefix").await?;
+    let resp = t.stub.raw_put(put(t.ctx(), b"no-prefix")).await;
+    assert_rejected_about(
+        resp,
+        |r| r.error.clone(),
+        "key",
+        "V2 RawPut without the 'r' prefix",
+    );
+    let txn_mode_key = t.txn_key(b"txn-mode-key");
+    t.route(KeyMode::Raw, &txn_mode_key).await?;
+    let resp = t.stub.raw_put(put(t.ctx(), &txn_mode_key)).await;
+    assert_rejected_about(
+        resp,
+        |r| r.error.clone(),
+        "key",
+        "V2 RawPut with a transactional ('x') key",
+    );
+    let raw_mode_key = t.raw_key(b"raw-mode-key");
+    t.route(KeyMode::Txn, &raw_mode_key).await?;
+    let start = txn2.current_timestamp().await?;
+    let resp = t
+        .stub
+        .kv_prewrite(kvrpcpb::PrewriteRequest {
+            context: Some(t.ctx()),
+            mutations: vec![kvrpcpb::Mutation {
+                op: kvrpcpb::Op::Put as i32,
+                key: raw_mode_key.clone(),
+                value: k("v"),
+                ..Default::default()
+            }],
+            primary_lock: raw_mode_key,
+            start_version: start.version(),
+            lock_ttl: 60_000,
+            ..Default::default()
+        })
+        .await;
+    assert_rejected(
+        resp,
+        |r| {
+            if r.errors.is_empty() {
+                String::new()
+            } else {
+                format!("{:?}", r.errors)
+            }
+        },
+        "V2 KvPrewrite with a raw ('r') key",
+    );
+
+    // The keyspace's raw and transactional data are in different Regions: a
+    // raw key sent to the transactional Region is KeyNotInRegion.
+    let raw_key = t.raw_key(b"wire/elsewhere");
+    let txn_home = t.txn_key(b"");
+    t.route(KeyMode::Txn, &txn_home).await?;
+    let txn_region = t.region.id;
+    let resp = t
+        .stub
+        .raw_get(kvrpcpb::RawGetRequest {
+            context: Some(t.ctx()),
+            key: raw_key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let err = resp
+        .region_error
+        .context("V2 RawGet of a raw key in the txn Region: no region_error")?;
+    let knir = err
+        .key_not_in_region
+        .clone()
+        .with_context(|| format!("raw key in the txn Region: not key_not_in_region: {err:?}"))?;
+    assert_eq!(knir.region_id, txn_region);
+    assert_eq!(knir.key, raw_key);
+    let resp = t
+        .stub
+        .raw_put(put(t.ctx(), &t.raw_key(b"wire/elsewhere")))
+        .await?
+        .into_inner();
+    assert!(
+        resp.region_error
+            .and_then(|e| e.key_not_in_region)
+            .is_some(),
+        "V2 RawPut of a raw key to the txn Region"
+    );
+    assert_eq!(
+        raw2.get(k("wire/elsewhere")).await?,
+        None,
+        "a misrouted write was applied"
+    );
+    for key in ["no-prefix", "txn-mode-key", "raw-mode-key"] {
+        assert_eq!(raw2.get(k(key)).await?, None, "rejected {key} stored");
+    }
+    let now = txn2.current_timestamp().await?;
+    let locks = txn2.scan_locks(&now, .., 100).await?;
+    assert!(locks.is_empty(), "rejected prewrite left locks: {locks:?}");
+    still_serving(cluster, &raw2, "v2-wire").await?;
     Ok(())
 }
 
@@ -649,9 +741,9 @@ async fn garbage_on_the_ports(cluster: &mut Cluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_clear_errors_and_servers_keep_serving() -> Result<()> {
-    let mut cluster = Cluster::start_with_store_config(1, &store_config()).await?;
+    let mut cluster = start(Api::V1).await?;
     let logs = cluster.logs_on_failure();
-    bad_keys_and_values(&mut cluster)
+    bad_keys_and_values(&mut cluster, Api::V1)
         .await
         .context("bad keys and values")?;
     bad_requests_on_the_wire(&mut cluster)
@@ -663,6 +755,26 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() -> Result<()> {
     garbage_on_the_ports(&mut cluster)
         .await
         .context("garbage bytes")?;
+    for (name, log) in [
+        ("placement", cluster.placement.log()),
+        ("store", cluster.stores[0].log()),
+    ] {
+        assert!(!log.contains("panicked"), "{name} panicked:\n{log}");
+    }
+    logs.disarm();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_to_an_api_v2_cluster_gets_clear_errors() -> Result<()> {
+    let mut cluster = start(Api::V2).await?;
+    let logs = cluster.logs_on_failure();
+    bad_keys_and_values(&mut cluster, Api::V2)
+        .await
+        .context("bad keys and values")?;
+    bad_v2_requests_on_the_wire(&mut cluster)
+        .await
+        .context("API V2 requests on the wire")?;
     for (name, log) in [
         ("placement", cluster.placement.log()),
         ("store", cluster.stores[0].log()),
@@ -731,6 +843,7 @@ fn corrupt_storage_node_config_exits_with_a_message() -> Result<()> {
         ("wrong type", b"max_value_size = \"big\"\n".to_vec()),
         ("negative size", b"max_value_size = -1\n".to_vec()),
         ("invalid value", b"max_value_size = 0\n".to_vec()),
+        ("unknown API version", b"api_version = 3\n".to_vec()),
     ];
     for (name, config) in cases {
         let (code, output) = run_storage_node_with_config(&config)?;
@@ -762,5 +875,18 @@ fn corrupt_storage_node_config_exits_with_a_message() -> Result<()> {
         output.to_lowercase().contains("config"),
         "missing config: {output}"
     );
+
+    // The API version flag is checked like the config key.
+    let dir = tempfile::tempdir()?;
+    let (code, output) = run_storage_node(&["--api-version".into(), "3".into()], dir.path())?;
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "--api-version 3: exit {code:?}\n{output}"
+    );
+    assert!(
+        output.contains("api_version") || output.contains("api-version"),
+        "--api-version 3: the error does not name the setting: {output}"
+    );
+    assert!(!output.contains("panicked"), "--api-version 3: {output}");
     Ok(())
 }

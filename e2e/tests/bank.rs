@@ -1,4 +1,5 @@
-//! A concurrent bank on real processes, in API V1 and API V2 at once:
+//! A concurrent bank on real processes, in API V1 (on a default cluster) and
+//! API V2 (on a cluster started with `api_version = 2`) at once:
 //! optimistic and pessimistic transfers racing on ten accounts must never
 //! create or destroy money, and the final balances must be exactly what the
 //! committed transfers produce when replayed in commit-timestamp order.
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use common::{commit_puts, optimistic, patient, pessimistic, txn_client, Api};
+use common::{commit_puts, optimistic, patient, pessimistic, start_cluster, txn_client, Api};
 use rand::Rng;
 use shale_e2e::Cluster;
 use tikv_client::{KvPair, TimestampExt, TransactionClient};
@@ -238,14 +239,17 @@ async fn run_bank(cluster: &Cluster, api: Api, tasks: usize, run_for: Duration) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn txn_concurrent_bank_transfers_keep_the_total() -> Result<()> {
-    let cluster = Cluster::start(1).await?;
-    let logs = cluster.logs_on_failure();
+    // One cluster per API version (a cluster serves one), both banks at once.
+    let (v1, v2) = tokio::try_join!(start_cluster(Api::V1, ""), start_cluster(Api::V2, ""))?;
+    let logs1 = v1.logs_on_failure();
+    let logs2 = v2.logs_on_failure();
     let (r1, r2) = tokio::join!(
-        run_bank(&cluster, Api::V1, 8, Duration::from_secs(5)),
-        run_bank(&cluster, Api::V2, 8, Duration::from_secs(5)),
+        run_bank(&v1, Api::V1, 8, Duration::from_secs(5)),
+        run_bank(&v2, Api::V2, 8, Duration::from_secs(5)),
     );
     r1?;
     r2?;
-    logs.disarm();
+    logs1.disarm();
+    logs2.disarm();
     Ok(())
 }

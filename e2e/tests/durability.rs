@@ -1,6 +1,7 @@
-//! Crash safety on real processes: acknowledged writes survive `kill -9` of
-//! the storage node and of placement, and timestamps never go backwards
-//! across a placement crash.
+//! Crash safety on real processes, in API V1 (on a default cluster) and API
+//! V2 (on a cluster started with `api_version = 2`, whose keyspace has Regions
+//! of its own): acknowledged writes survive `kill -9` of the storage node and
+//! of placement, and timestamps never go backwards across a placement crash.
 
 mod common;
 
@@ -8,10 +9,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use common::{
-    commit_puts, eventually, k, optimistic, raw_client, read, region_for, txn_client, Api,
-    BOTH_APIS,
+    commit_puts, eventually, k, optimistic, raw_client, read, regions, start_cluster, txn_client,
+    Api,
 };
-use shale_e2e::Cluster;
 use tikv_client::{KvPair, RawClient, TimestampExt, TransactionClient};
 
 const RAW_KEYS: usize = 300;
@@ -76,8 +76,9 @@ async fn write_round(raw: &RawClient, txn: &TransactionClient, round: usize) -> 
 
 /// Reads back everything `write_round` acknowledged for `round`.
 async fn verify_round(raw: &RawClient, txn: &TransactionClient, round: usize) -> Result<()> {
-    // The limit is exactly the number of keys: tikv-client 0.4 repeats a
-    // scan that ends inside a Region with an empty end key (see raw.rs).
+    // The limit is exactly the number of keys: under API V1 tikv-client 0.4
+    // repeats a scan that ends inside a Region with an empty end key (see
+    // raw.rs).
     let scanned = raw
         .scan(
             format!("raw/{round}/").into_bytes()..format!("raw/{round}0").into_bytes(),
@@ -141,89 +142,101 @@ async fn verify_round(raw: &RawClient, txn: &TransactionClient, round: usize) ->
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn acknowledged_writes_survive_storage_node_kill9() -> Result<()> {
-    let mut cluster = Cluster::start(1).await?;
+/// (id, epoch version, start key, end key) of every Region, for comparison.
+type Layout = Vec<(u64, u64, Vec<u8>, Vec<u8>)>;
+
+async fn layout(cluster: &shale_e2e::Cluster) -> Result<Layout> {
+    Ok(regions(cluster)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let version = r.region_epoch.map(|e| e.version).unwrap_or_default();
+            (r.id, version, r.start_key, r.end_key)
+        })
+        .collect())
+}
+
+async fn acknowledged_writes_survive_storage_node_kill9(api: Api) -> Result<()> {
+    let mut cluster = start_cluster(api, "").await?;
     let logs = cluster.logs_on_failure();
-    let region_before = region_for(&cluster, b"").await?.0;
-    let mut clients = Vec::new();
-    for api in BOTH_APIS {
-        clients.push((
-            api,
-            raw_client(&cluster, api).await?,
-            txn_client(&cluster, api).await?,
-        ));
-    }
+    let layout_before = layout(&cluster).await?;
+    let raw = raw_client(&cluster, api).await?;
+    let txn = txn_client(&cluster, api).await?;
 
     for round in 0..2 {
-        for (api, raw, txn) in &clients {
-            write_round(raw, txn, round)
-                .await
-                .with_context(|| format!("{api:?} writing round {round}"))?;
-        }
+        write_round(&raw, &txn, round)
+            .await
+            .with_context(|| format!("writing round {round}"))?;
         // Crash right after the last acknowledgement: async-commit secondaries
         // may still be locks, which readers must resolve after the restart.
         cluster.kill_store(0)?;
         cluster.restart_store(0).await?;
 
-        for (api, raw, txn) in &clients {
-            // The clients that were connected during the crash...
-            for r in 0..=round {
-                eventually(
-                    Duration::from_secs(30),
-                    "old clients read after restart",
-                    move || async move {
-                        verify_round(raw, txn, r).await?;
-                        Ok(true)
-                    },
-                )
+        // The clients that were connected during the crash...
+        for r in 0..=round {
+            let (raw, txn) = (&raw, &txn);
+            eventually(
+                Duration::from_secs(30),
+                "old clients read after restart",
+                move || async move {
+                    verify_round(raw, txn, r).await?;
+                    Ok(true)
+                },
+            )
+            .await
+            .with_context(|| format!("old client, round {r}"))?;
+        }
+        // ...and new ones.
+        let raw = raw_client(&cluster, api).await?;
+        let txn = txn_client(&cluster, api).await?;
+        for r in 0..=round {
+            verify_round(&raw, &txn, r)
                 .await
-                .with_context(|| format!("{api:?} old client, round {r}"))?;
-            }
-            // ...and new ones.
-            let raw = raw_client(&cluster, *api).await?;
-            let txn = txn_client(&cluster, *api).await?;
-            for r in 0..=round {
-                verify_round(&raw, &txn, r)
-                    .await
-                    .with_context(|| format!("{api:?} new client, round {r}"))?;
-            }
+                .with_context(|| format!("new client, round {r}"))?;
         }
     }
 
-    // The store kept its identity and its Region.
-    let region_after = region_for(&cluster, b"").await?.0;
+    // The store kept its identity and its Regions (a restart does not split
+    // an API V2 cluster again).
+    let layout_after = layout(&cluster).await?;
     assert_eq!(
-        region_before.id, region_after.id,
-        "the Region changed across restarts"
+        layout_before, layout_after,
+        "the Regions changed across restarts"
     );
-    assert_eq!(
-        common::store_id(&cluster, 0).await?,
-        region_after.peers[0].store_id
-    );
+    let store_id = common::store_id(&cluster, 0).await?;
+    for region in regions(&cluster).await? {
+        assert!(
+            region.peers.iter().any(|p| p.store_id == store_id),
+            "Region {} has no peer on store {store_id}: {region:?}",
+            region.id
+        );
+    }
     logs.disarm();
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cluster_survives_placement_kill9_and_timestamps_keep_increasing() -> Result<()> {
-    let mut cluster = Cluster::start(1).await?;
+async fn acknowledged_writes_survive_storage_node_kill9_v1() -> Result<()> {
+    acknowledged_writes_survive_storage_node_kill9(Api::V1).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_survive_storage_node_kill9_v2() -> Result<()> {
+    acknowledged_writes_survive_storage_node_kill9(Api::V2).await
+}
+
+async fn cluster_survives_placement_kill9(api: Api) -> Result<()> {
+    let mut cluster = start_cluster(api, "").await?;
     let logs = cluster.logs_on_failure();
-    let mut clients = Vec::new();
-    for api in BOTH_APIS {
-        let raw = raw_client(&cluster, api).await?;
-        let txn = txn_client(&cluster, api).await?;
-        write_round(&raw, &txn, 0)
-            .await
-            .with_context(|| format!("{api:?} writing"))?;
-        clients.push((api, raw, txn));
-    }
+    let layout_before = layout(&cluster).await?;
+    let raw = raw_client(&cluster, api).await?;
+    let txn = txn_client(&cluster, api).await?;
+    write_round(&raw, &txn, 0).await.context("writing")?;
 
     // Burn through timestamps, then crash placement right after the last one.
-    let client = &clients[0].2;
-    let mut last = client.current_timestamp().await?.version();
+    let mut last = txn.current_timestamp().await?.version();
     for _ in 0..2000 {
-        let ts = client.current_timestamp().await?.version();
+        let ts = txn.current_timestamp().await?.version();
         assert!(ts > last, "TSO went backwards: {ts} after {last}");
         last = ts;
     }
@@ -231,7 +244,7 @@ async fn cluster_survives_placement_kill9_and_timestamps_keep_increasing() -> Re
     cluster.restart_placement().await?;
 
     // A fresh client gets a larger timestamp...
-    let fresh = txn_client(&cluster, Api::V1).await?;
+    let fresh = txn_client(&cluster, api).await?;
     let after = fresh.current_timestamp().await?.version();
     assert!(
         after > last,
@@ -240,7 +253,7 @@ async fn cluster_survives_placement_kill9_and_timestamps_keep_increasing() -> Re
     // ...and so does the client that was connected during the crash.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let reconnected = loop {
-        match client.current_timestamp().await {
+        match txn.current_timestamp().await {
             Ok(ts) => break ts.version(),
             Err(e) if std::time::Instant::now() > deadline => {
                 return Err(anyhow::Error::from(e).context("old client gets no timestamp"))
@@ -257,7 +270,7 @@ async fn cluster_survives_placement_kill9_and_timestamps_keep_increasing() -> Re
     let before_second = fresh.current_timestamp().await?.version();
     cluster.kill_placement()?;
     cluster.restart_placement().await?;
-    let fresh2 = txn_client(&cluster, Api::V1).await?;
+    let fresh2 = txn_client(&cluster, api).await?;
     let after_second = fresh2.current_timestamp().await?.version();
     assert!(
         after_second > before_second,
@@ -266,31 +279,28 @@ async fn cluster_survives_placement_kill9_and_timestamps_keep_increasing() -> Re
 
     // Data is intact and the cluster keeps serving reads and writes, through
     // both the old and new clients.
-    for (api, raw, txn) in &clients {
-        eventually(
-            Duration::from_secs(30),
-            "old clients serve after placement restart",
-            move || async move {
-                verify_round(raw, txn, 0).await?;
-                Ok(true)
-            },
-        )
+    let (old_raw, old_txn) = (&raw, &txn);
+    eventually(
+        Duration::from_secs(30),
+        "old clients serve after placement restart",
+        move || async move {
+            verify_round(old_raw, old_txn, 0).await?;
+            Ok(true)
+        },
+    )
+    .await
+    .context("old client")?;
+    let raw2 = raw_client(&cluster, api).await?;
+    let txn2 = txn_client(&cluster, api).await?;
+    verify_round(&raw2, &txn2, 0).await.context("new client")?;
+    write_round(&raw2, &txn2, 1)
         .await
-        .with_context(|| format!("{api:?} old client"))?;
-        let raw2 = raw_client(&cluster, *api).await?;
-        let txn2 = txn_client(&cluster, *api).await?;
-        verify_round(&raw2, &txn2, 0)
-            .await
-            .with_context(|| format!("{api:?} new client"))?;
-        write_round(&raw2, &txn2, 1)
-            .await
-            .with_context(|| format!("{api:?} writing after placement restart"))?;
-        verify_round(raw, txn, 1)
-            .await
-            .with_context(|| format!("{api:?} old client reading new writes"))?;
-    }
+        .context("writing after placement restart")?;
+    verify_round(&raw, &txn, 1)
+        .await
+        .context("old client reading new writes")?;
 
-    // Placement still knows the store and the Region.
+    // Placement still knows the store and the Regions.
     let (code, body) = shale_e2e::http_get(&cluster.pd_addr, "/pd/api/v1/stores").await?;
     assert_eq!(code, 200, "{body}");
     let store_id = common::store_id(&cluster, 0).await?;
@@ -298,8 +308,14 @@ async fn cluster_survives_placement_kill9_and_timestamps_keep_increasing() -> Re
         body.contains(&store_id.to_string()),
         "store {store_id} missing from {body}"
     );
-    let region = region_for(&cluster, b"").await?.0;
-    assert!(region.peers.iter().any(|p| p.store_id == store_id));
+    assert_eq!(
+        layout(&cluster).await?,
+        layout_before,
+        "placement's Regions changed across its crashes"
+    );
+    for region in regions(&cluster).await? {
+        assert!(region.peers.iter().any(|p| p.store_id == store_id));
+    }
     // And the safe point it persisted survives too.
     let safepoint = fresh2.current_timestamp().await?;
     assert!(fresh2.gc(safepoint.clone()).await?);
@@ -312,4 +328,14 @@ async fn cluster_survives_placement_kill9_and_timestamps_keep_increasing() -> Re
     );
     logs.disarm();
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_survives_placement_kill9_and_timestamps_keep_increasing_v1() -> Result<()> {
+    cluster_survives_placement_kill9(Api::V1).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_survives_placement_kill9_and_timestamps_keep_increasing_v2() -> Result<()> {
+    cluster_survives_placement_kill9(Api::V2).await
 }

@@ -1,6 +1,8 @@
-//! The Raw API through the official `tikv-client`, in API V1 and API V2:
-//! point and batch operations, scans (forward, reverse, limits, key-only),
-//! delete-range, TTL, compare-and-swap, and V1/V2 isolation.
+//! The Raw API through the official `tikv-client`, in API V1 (on a default
+//! cluster) and API V2 (on a cluster started with `api_version = 2`): point
+//! and batch operations, scans (forward, reverse, limits, key-only),
+//! delete-range, TTL, compare-and-swap; and the errors a client of the other
+//! API version gets.
 //!
 //! Exact range contents are checked with hand-made `RawScan` requests (one
 //! request, one answer). `tikv-client` 0.4's own `scan` only stops early when
@@ -8,17 +10,22 @@
 //! empty end key and a limit larger than the range, it starts over at the
 //! Region end (`""`) and returns keys again. Client scans here therefore use
 //! limits the range can fill; `raw_v2_scan_with_a_spare_limit_returns_each_key_once`
-//! covers the spare-limit case for API V2, where PD's keyspace Regions avoid it.
+//! covers the spare-limit case for API V2, where the keyspace's own Regions
+//! avoid it.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
-use common::{k, keys_of, raw_client, Api, Target};
+use anyhow::{bail, ensure, Context as _, Result};
+use common::{
+    default_keyspace_id, k, keys_of, keyspace_bounds, optimistic, raw_client, read, regions,
+    start_cluster, txn_client, Api, KeyMode, Target,
+};
 use shale_e2e::Cluster;
 use shale_proto::kvrpcpb;
-use tikv_client::{Key, KvPair, RawClient};
+use tikv_client::{Backoff, Key, KvPair, RawClient, RetryOptions};
+use tonic::Code;
 
 fn key_strings(keys: &[Key]) -> Vec<String> {
     keys.iter()
@@ -55,6 +62,7 @@ async fn wire_scan(
             (target.raw_key(start), upper)
         }
     };
+    target.route(KeyMode::Raw, &lower).await?;
     let (start_key, end_key) = if reverse {
         (upper, lower)
     } else {
@@ -422,7 +430,7 @@ async fn compare_and_swap(client: &RawClient) -> Result<()> {
 }
 
 async fn raw_suite(api: Api) -> Result<()> {
-    let cluster = Cluster::start(1).await?;
+    let cluster = start_cluster(api, "").await?;
     let logs = cluster.logs_on_failure();
     let client = raw_client(&cluster, api).await?;
     let mut target = Target::new(&cluster, api).await?;
@@ -446,67 +454,186 @@ async fn raw_api_v2() -> Result<()> {
     raw_suite(Api::V2).await
 }
 
-/// API V1 and API V2 share the cluster but never each other's data.
+// ---------------------------------------------------------------------------
+// One API version per cluster
+
+/// `result` must be the storage node's refusal of the other API version: an
+/// error naming the version the cluster serves and the one the request used.
+fn assert_wrong_api<T: std::fmt::Debug, E: std::fmt::Display + std::fmt::Debug>(
+    result: Result<T, E>,
+    served: Api,
+    used: Api,
+    what: &str,
+) {
+    let expected = format!(
+        "this cluster serves API {}, the request uses API {}",
+        served.name(),
+        used.name()
+    );
+    match result {
+        Ok(v) => {
+            panic!("{what}: an API {used:?} request to an API {served:?} cluster succeeded: {v:?}")
+        }
+        Err(e) => {
+            let text = format!("{e} / {e:?}");
+            assert!(
+                text.contains(&expected),
+                "{what}: the error does not say {expected:?}: {text}"
+            );
+        }
+    }
+}
+
+/// Clients and hand-made requests of API `wrong` against a cluster serving
+/// `served`: each gets the API-version error, and the cluster keeps
+/// serving its own API.
+async fn other_api_is_refused(cluster: &mut Cluster, served: Api, wrong: Api) -> Result<()> {
+    let good = raw_client(cluster, served).await?;
+    let good_txn = txn_client(cluster, served).await?;
+    good.put(k("api/kept"), k("served")).await?;
+
+    // tikv-client retries a gRPC error with its region backoff: fail fast.
+    let bad = raw_client(cluster, wrong)
+        .await?
+        .with_backoff(Backoff::no_backoff());
+    assert_wrong_api(bad.get(k("api/kept")).await, served, wrong, "raw get");
+    assert_wrong_api(
+        bad.put(k("api/wrong"), k("x")).await,
+        served,
+        wrong,
+        "raw put",
+    );
+    assert_wrong_api(
+        bad.batch_put(vec![KvPair::new(k("api/wrong-batch"), k("x"))])
+            .await,
+        served,
+        wrong,
+        "raw batch_put",
+    );
+    assert_wrong_api(
+        bad.scan(k("api/")..k("api0"), 10).await,
+        served,
+        wrong,
+        "raw scan",
+    );
+    assert_wrong_api(
+        bad.delete_range(k("api/")..k("api0")).await,
+        served,
+        wrong,
+        "raw delete_range",
+    );
+
+    let bad_txn = txn_client(cluster, wrong).await?;
+    let fail_fast = optimistic().retry_options(RetryOptions::none());
+    let mut txn = bad_txn.begin_with_options(fail_fast.clone()).await?;
+    // (tikv-client's transactional `get` retries with its default region
+    // backoff whatever the options say: about 1.6 s before the error.)
+    assert_wrong_api(txn.get(k("api/kept")).await, served, wrong, "txn get");
+    let _ = txn.rollback().await;
+    let mut txn = bad_txn.begin_with_options(fail_fast).await?;
+    txn.put(k("api/wrong-txn"), k("x")).await?;
+    assert_wrong_api(txn.commit().await, served, wrong, "txn commit");
+    let _ = txn.rollback().await;
+
+    // On the wire: a correctly addressed request whose context names the
+    // other version is InvalidArgument, not a region error or a silent answer.
+    let mut t = Target::new(cluster, served).await?;
+    let key = t.raw_key(b"api/kept");
+    t.route(KeyMode::Raw, &key).await?;
+    let mut wrong_versions = vec![(wrong.proto(), wrong)];
+    if served == Api::V2 {
+        // V1TTL is API V1's key layout too.
+        wrong_versions.push((kvrpcpb::ApiVersion::V1ttl, Api::V1));
+    }
+    for (version, family) in wrong_versions {
+        let status = match t
+            .stub
+            .raw_get(kvrpcpb::RawGetRequest {
+                context: Some(kvrpcpb::Context {
+                    api_version: version as i32,
+                    ..t.ctx()
+                }),
+                key: key.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(resp) => bail!("RawGet with api_version {version:?} answered: {resp:?}"),
+            Err(status) => status,
+        };
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "RawGet with api_version {version:?}: {status:?}"
+        );
+        assert_wrong_api(
+            Err::<(), _>(status.message().to_string()),
+            served,
+            family,
+            &format!("RawGet with api_version {version:?}"),
+        );
+    }
+    // The same request with the served version is answered.
+    let resp = t
+        .stub
+        .raw_get(kvrpcpb::RawGetRequest {
+            context: Some(t.ctx()),
+            key,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        resp.region_error.is_none() && resp.error.is_empty(),
+        "RawGet with the served version: {resp:?}"
+    );
+    assert_eq!(resp.value, k("served"), "RawGet with the served version");
+
+    // The cluster still serves its own API; the refused writes are nowhere
+    // in sight of it.
+    ensure!(
+        cluster.stores[0].is_running(),
+        "storage node died after wrong-version requests"
+    );
+    assert_eq!(good.get(k("api/kept")).await?, Some(k("served")));
+    good.put(k("api/after"), k("still serving"))
+        .await
+        .context("raw put after wrong-version requests")?;
+    assert_eq!(good.get(k("api/after")).await?, Some(k("still serving")));
+    let written = good
+        .batch_get(vec![k("api/wrong"), k("api/wrong-batch")])
+        .await?;
+    assert!(written.is_empty(), "refused raw writes: {written:?}");
+    common::commit_puts(&good_txn, &[(k("api/txn"), k("still serving"))])
+        .await
+        .context("txn after wrong-version requests")?;
+    assert_eq!(read(&good_txn, b"api/txn").await?, Some(k("still serving")));
+    assert_eq!(read(&good_txn, b"api/wrong-txn").await?, None);
+    Ok(())
+}
+
+/// A cluster serves one API version (TiKV's `storage.api-version`): V1 raw
+/// keys are stored verbatim and V2 keys memcomparable-encoded, so mixing them
+/// could not keep them apart. A client of the other version gets a clear
+/// error, and the cluster keeps serving its own clients.
 #[tokio::test(flavor = "multi_thread")]
-async fn raw_v1_and_v2_do_not_see_each_other() -> Result<()> {
-    let cluster = Cluster::start(1).await?;
-    let logs = cluster.logs_on_failure();
-    let v1 = raw_client(&cluster, Api::V1).await?;
-    let v2 = raw_client(&cluster, Api::V2).await?;
-    let mut wire_v1 = Target::new(&cluster, Api::V1).await?;
-    let mut wire_v2 = Target::new(&cluster, Api::V2).await?;
-
-    v1.put(k("iso/shared"), k("from-v1")).await?;
-    v2.put(k("iso/shared"), k("from-v2")).await?;
-    v1.put(k("iso/v1-only"), k("from-v1")).await?;
-    v2.put(k("iso/v2-only"), k("from-v2")).await?;
-
-    assert_eq!(v1.get(k("iso/shared")).await?, Some(k("from-v1")));
-    assert_eq!(v2.get(k("iso/shared")).await?, Some(k("from-v2")));
-    assert_eq!(v1.get(k("iso/v2-only")).await?, None, "V1 sees a V2 key");
-    assert_eq!(v2.get(k("iso/v1-only")).await?, None, "V2 sees a V1 key");
-
-    // Whole-space scans see only their own API's data.
-    let all_v1 = wire_scan(&mut wire_v1, b"", b"", 1000, false, false).await?;
-    assert_eq!(
-        wire_keys(&all_v1),
-        ["iso/shared", "iso/v1-only"],
-        "V1 whole-space scan"
-    );
-    let rev_v1 = wire_scan(&mut wire_v1, b"", b"", 1000, true, false).await?;
-    assert_eq!(
-        wire_keys(&rev_v1),
-        ["iso/v1-only", "iso/shared"],
-        "V1 whole-space reverse scan"
-    );
-    let all_v2 = wire_scan(&mut wire_v2, b"", b"", 1000, false, false).await?;
-    assert_eq!(
-        wire_keys(&all_v2),
-        ["iso/shared", "iso/v2-only"],
-        "V2 keyspace scan"
-    );
-    assert!(all_v2.iter().all(|(_, v)| v == &k("from-v2")));
-
-    // Deleting everything in one API leaves the other alone.
-    v1.delete_range(..).await?;
-    let all_v1 = wire_scan(&mut wire_v1, b"", b"", 1000, false, false).await?;
-    assert!(all_v1.is_empty(), "after V1 delete_range(..): {all_v1:?}");
-    assert_eq!(
-        v2.get(k("iso/shared")).await?,
-        Some(k("from-v2")),
-        "V1 delete_range(..) deleted V2 data"
-    );
-    assert_eq!(v2.get(k("iso/v2-only")).await?, Some(k("from-v2")));
-    v1.put(k("iso/shared"), k("from-v1")).await?;
-    v2.delete_range(..).await?;
-    let all_v2 = wire_scan(&mut wire_v2, b"", b"", 1000, false, false).await?;
-    assert!(all_v2.is_empty(), "after V2 delete_range(..): {all_v2:?}");
-    assert_eq!(
-        v1.get(k("iso/shared")).await?,
-        Some(k("from-v1")),
-        "V2 delete_range(..) deleted V1 data"
-    );
-    logs.disarm();
+async fn clients_of_the_other_api_version_get_a_clear_error() -> Result<()> {
+    let (mut v1_cluster, mut v2_cluster) =
+        tokio::try_join!(start_cluster(Api::V1, ""), start_cluster(Api::V2, ""))?;
+    let logs1 = v1_cluster.logs_on_failure();
+    let logs2 = v2_cluster.logs_on_failure();
+    other_api_is_refused(&mut v1_cluster, Api::V1, Api::V2)
+        .await
+        .context("API V2 requests to an API V1 cluster")?;
+    other_api_is_refused(&mut v2_cluster, Api::V2, Api::V1)
+        .await
+        .context("API V1 requests to an API V2 cluster")?;
+    for cluster in [&v1_cluster, &v2_cluster] {
+        let log = cluster.stores[0].log();
+        assert!(!log.contains("panicked"), "storage node panicked:\n{log}");
+    }
+    logs1.disarm();
+    logs2.disarm();
     Ok(())
 }
 
@@ -515,31 +642,63 @@ async fn raw_v1_and_v2_do_not_see_each_other() -> Result<()> {
 /// until the limit is filled unless that end key is at or past the range's
 /// end; PD splits Regions at each API V2 keyspace's bounds (keyspace
 /// `Manager.Bootstrap` -> `splitKeyspaceRegion` for the DEFAULT keyspace),
-/// so against TiKV a V2 client never scans a Region with an empty end key.
+/// and so does an API V2 Shale cluster, so a V2 client never scans a Region
+/// with an empty end key.
 #[tokio::test(flavor = "multi_thread")]
 async fn raw_v2_scan_with_a_spare_limit_returns_each_key_once() -> Result<()> {
-    let cluster = Cluster::start(1).await?;
+    let cluster = start_cluster(Api::V2, "").await?;
     let logs = cluster.logs_on_failure();
+
+    // The DEFAULT keyspace's raw and txn ranges are Regions of their own:
+    // five Regions, the four bounds among their start keys.
+    let layout = regions(&cluster).await?;
+    let starts: Vec<&[u8]> = layout.iter().map(|r| r.start_key.as_slice()).collect();
+    assert!(
+        layout.len() >= 5,
+        "an API V2 cluster has {} Regions, expected at least 5: {layout:?}",
+        layout.len()
+    );
+    let keyspace = default_keyspace_id(&cluster).await?;
+    for bound in keyspace_bounds(keyspace) {
+        assert!(
+            starts.contains(&bound.as_slice()),
+            "no Region starts at the keyspace bound {bound:?}: {layout:?}"
+        );
+    }
+    let (code, body) = shale_e2e::http_get(&cluster.pd_addr, "/pd/api/v1/regions").await?;
+    assert_eq!(code, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("/pd/api/v1/regions is not JSON: {body}"))?;
+    assert_eq!(
+        json["count"].as_u64(),
+        Some(layout.len() as u64),
+        "/pd/api/v1/regions count vs ScanRegions: {body}"
+    );
+
     let v2 = raw_client(&cluster, Api::V2).await?;
     let pairs: Vec<KvPair> = (0..5)
         .map(|i| KvPair::new(format!("spare/{i}").into_bytes(), k("v")))
         .collect();
     v2.batch_put(pairs).await?;
-    // Shown on failure: the Region layout the client scanned.
-    let (_, regions) = shale_e2e::http_get(&cluster.pd_addr, "/pd/api/v1/regions").await?;
-    println!("placement regions: {regions}");
     let got = v2.scan(k("spare/")..k("spare0"), 100).await?;
     let first: Vec<String> = keys_of(&got).into_iter().take(12).collect();
     assert_eq!(
         got.len(),
         5,
-        "V2 scan of 5 keys with limit 100 returned {} pairs, starting {first:?}",
+        "V2 scan of 5 keys with limit 100 returned {} pairs, starting {first:?}; \
+         placement regions: {body}",
         got.len()
+    );
+    assert_eq!(
+        keys_of(&got),
+        (0..5).map(|i| format!("spare/{i}")).collect::<Vec<_>>()
     );
     let all = v2.scan(.., 100).await?;
     assert_eq!(all.len(), 5, "V2 whole-keyspace scan: {} pairs", all.len());
     let rev = v2.scan_reverse(k("spare/")..k("spare0"), 100).await?;
     assert_eq!(rev.len(), 5, "V2 reverse scan: {} pairs", rev.len());
+    let keys = v2.scan_keys(.., 100).await?;
+    assert_eq!(keys.len(), 5, "V2 whole-keyspace scan_keys: {keys:?}");
     logs.disarm();
     Ok(())
 }

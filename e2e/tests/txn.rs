@@ -1,14 +1,14 @@
-//! The transactional API through the official `tikv-client`, in API V1 and
-//! API V2: commit and read, read-your-writes, snapshot isolation, conflicts,
-//! insert, pessimistic locking, async commit and 1PC.
+//! The transactional API through the official `tikv-client`, in API V1 (on a
+//! default cluster) and API V2 (on a cluster started with `api_version = 2`):
+//! commit and read, read-your-writes, snapshot isolation, conflicts, insert,
+//! pessimistic locking, async commit and 1PC.
 
 mod common;
 
 use anyhow::{Context as _, Result};
 use common::{
-    commit_puts, k, keys_of, optimistic, pessimistic, read, ts_from, txn_client, Api, BOTH_APIS,
+    commit_puts, k, keys_of, optimistic, pessimistic, read, start_cluster, ts_from, txn_client, Api,
 };
-use shale_e2e::Cluster;
 use tikv_client::{KvPair, TimestampExt, TransactionClient, TransactionOptions};
 
 /// Runs one transaction that inserts `key`; `Ok(true)` if it
@@ -160,50 +160,25 @@ async fn snapshot_isolation(client: &TransactionClient) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn txn_commit_read_and_snapshot_isolation() -> Result<()> {
-    let cluster = Cluster::start(1).await?;
+async fn commit_read_and_snapshot_isolation(api: Api) -> Result<()> {
+    let cluster = start_cluster(api, "").await?;
     let logs = cluster.logs_on_failure();
-    for api in BOTH_APIS {
-        let client = txn_client(&cluster, api).await?;
-        commit_then_read(&client)
-            .await
-            .with_context(|| format!("{api:?}"))?;
-        read_your_writes(&client)
-            .await
-            .with_context(|| format!("{api:?}"))?;
-        snapshot_isolation(&client)
-            .await
-            .with_context(|| format!("{api:?}"))?;
-    }
-
-    // V1 and V2 transactions live in separate key spaces.
-    let v1 = txn_client(&cluster, Api::V1).await?;
-    let v2 = txn_client(&cluster, Api::V2).await?;
-    commit_puts(&v1, &[(k("iso"), k("iso-from-v1"))]).await?;
-    assert_eq!(read(&v2, b"iso").await?, None, "V2 sees a V1 key");
-    commit_puts(&v2, &[(k("iso"), k("iso-from-v2"))]).await?;
-    assert_eq!(read(&v1, b"iso").await?, Some(k("iso-from-v1")));
-    assert_eq!(read(&v2, b"iso").await?, Some(k("iso-from-v2")));
-    // Under API V2 a transactional key is stored as `x` + keyspace id + key,
-    // so a V1 whole-space scan may list V2 keys, but only in that prefixed
-    // form, never as the bare user key.
-    let ts = v1.current_timestamp().await?;
-    let all_v1: Vec<KvPair> = v1
-        .snapshot(ts, optimistic())
-        .scan(.., 1000)
-        .await?
-        .collect();
-    for pair in &all_v1 {
-        let key: &[u8] = pair.key().into();
-        assert!(
-            pair.value() != &k("iso-from-v2") || (key.len() == 7 && key.starts_with(b"x")),
-            "V1 scan returned V2 data under a bare key: {:?}",
-            keys_of(&all_v1)
-        );
-    }
+    let client = txn_client(&cluster, api).await?;
+    commit_then_read(&client).await?;
+    read_your_writes(&client).await?;
+    snapshot_isolation(&client).await?;
     logs.disarm();
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_commit_read_and_snapshot_isolation_v1() -> Result<()> {
+    commit_read_and_snapshot_isolation(Api::V1).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_commit_read_and_snapshot_isolation_v2() -> Result<()> {
+    commit_read_and_snapshot_isolation(Api::V2).await
 }
 
 // ---------------------------------------------------------------------------
@@ -340,22 +315,27 @@ async fn pessimistic_locking(client: &TransactionClient) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn txn_conflicts_insert_and_pessimistic_locks() -> Result<()> {
-    let cluster = Cluster::start(1).await?;
+async fn conflicts_insert_and_pessimistic_locks(api: Api) -> Result<()> {
+    let cluster = start_cluster(api, "").await?;
     let logs = cluster.logs_on_failure();
-    for api in BOTH_APIS {
-        let client = txn_client(&cluster, api).await?;
-        conflicts(&client)
-            .await
-            .with_context(|| format!("{api:?}"))?;
-        insert(&client).await.with_context(|| format!("{api:?}"))?;
-        pessimistic_locking(&client)
-            .await
-            .with_context(|| format!("{api:?}"))?;
-    }
+    let client = txn_client(&cluster, api).await?;
+    conflicts(&client).await.context("conflicts")?;
+    insert(&client).await.context("insert")?;
+    pessimistic_locking(&client)
+        .await
+        .context("pessimistic locking")?;
     logs.disarm();
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_conflicts_insert_and_pessimistic_locks_v1() -> Result<()> {
+    conflicts_insert_and_pessimistic_locks(Api::V1).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_conflicts_insert_and_pessimistic_locks_v2() -> Result<()> {
+    conflicts_insert_and_pessimistic_locks(Api::V2).await
 }
 
 // ---------------------------------------------------------------------------
@@ -441,16 +421,21 @@ async fn async_commit_and_one_pc(client: &TransactionClient) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn txn_async_commit_and_one_pc() -> Result<()> {
-    let cluster = Cluster::start(1).await?;
+async fn async_commit_and_one_pc_on(api: Api) -> Result<()> {
+    let cluster = start_cluster(api, "").await?;
     let logs = cluster.logs_on_failure();
-    for api in BOTH_APIS {
-        let client = txn_client(&cluster, api).await?;
-        async_commit_and_one_pc(&client)
-            .await
-            .with_context(|| format!("{api:?}"))?;
-    }
+    let client = txn_client(&cluster, api).await?;
+    async_commit_and_one_pc(&client).await?;
     logs.disarm();
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_async_commit_and_one_pc_v1() -> Result<()> {
+    async_commit_and_one_pc_on(Api::V1).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_async_commit_and_one_pc_v2() -> Result<()> {
+    async_commit_and_one_pc_on(Api::V2).await
 }

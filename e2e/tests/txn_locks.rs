@@ -1,5 +1,6 @@
 //! Abandoned transactions and cleanup through the official `tikv-client`, in
-//! API V1 and API V2: lock TTL and resolution, scan_locks, cleanup_locks
+//! API V1 (on a default cluster) and API V2 (on a cluster started with
+//! `api_version = 2`): lock TTL and resolution, scan_locks, cleanup_locks
 //! (rolling back 2PC orphans, committing complete async-commit ones), the GC
 //! safe point and the store's GC, and unsafe_destroy_range.
 
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use common::{
-    commit_puts, eventually, gc_safe_point, k, keys_of, optimistic, patient, read, ts_from,
-    txn_client, Api, Target, BOTH_APIS,
+    commit_puts, eventually, gc_safe_point, k, keys_of, optimistic, patient, read, start_cluster,
+    ts_from, txn_client, wait_for_no_locks, Api, Target,
 };
 use shale_e2e::Cluster;
 use tikv_client::transaction::ResolveLocksOptions;
@@ -29,6 +30,7 @@ async fn abandoned_lock_is_resolved(cluster: &Cluster, api: Api) -> Result<()> {
         &[(k("l/1"), k("committed")), (k("l/2"), k("committed"))],
     )
     .await?;
+    wait_for_no_locks(&client, b"l/", b"l0").await?;
 
     // A client prewrites two keys and dies before committing.
     let begun = Instant::now();
@@ -124,6 +126,7 @@ async fn scan_and_cleanup_locks(cluster: &Cluster, api: Api) -> Result<()> {
         ],
     )
     .await?;
+    wait_for_no_locks(&client, b"c/", b"c0").await?;
 
     // An abandoned 2PC transaction with a long TTL...
     let start_2pc = client.current_timestamp().await?.version();
@@ -215,65 +218,64 @@ async fn scan_and_cleanup_locks(cluster: &Cluster, api: Api) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn txn_abandoned_locks_scan_locks_and_cleanup_locks() -> Result<()> {
-    let cluster = Cluster::start(1).await?;
+async fn abandoned_locks_scan_locks_and_cleanup_locks(api: Api) -> Result<()> {
+    let cluster = start_cluster(api, "").await?;
     let logs = cluster.logs_on_failure();
-    for api in BOTH_APIS {
-        abandoned_lock_is_resolved(&cluster, api)
-            .await
-            .with_context(|| format!("{api:?} lock resolution"))?;
-        scan_and_cleanup_locks(&cluster, api)
-            .await
-            .with_context(|| format!("{api:?} scan/cleanup locks"))?;
-    }
+    abandoned_lock_is_resolved(&cluster, api)
+        .await
+        .context("lock resolution")?;
+    scan_and_cleanup_locks(&cluster, api)
+        .await
+        .context("scan/cleanup locks")?;
     logs.disarm();
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_abandoned_locks_scan_locks_and_cleanup_locks_v1() -> Result<()> {
+    abandoned_locks_scan_locks_and_cleanup_locks(Api::V1).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_abandoned_locks_scan_locks_and_cleanup_locks_v2() -> Result<()> {
+    abandoned_locks_scan_locks_and_cleanup_locks(Api::V2).await
 }
 
 // ---------------------------------------------------------------------------
 // GC safe point, store GC, unsafe destroy range
 
-#[tokio::test(flavor = "multi_thread")]
-async fn txn_gc_and_unsafe_destroy_range() -> Result<()> {
+async fn gc_and_unsafe_destroy_range(api: Api) -> Result<()> {
     // The store polls placement's safe point every 300 ms instead of 10 s.
-    let cluster = Cluster::start_with_store_config(1, "gc_interval_ms = 300\n").await?;
+    let cluster = start_cluster(api, "gc_interval_ms = 300\n").await?;
     let logs = cluster.logs_on_failure();
-    let v1 = txn_client(&cluster, Api::V1).await?;
-    let v2 = txn_client(&cluster, Api::V2).await?;
+    let client = txn_client(&cluster, api).await?;
 
     // Versions on both sides of the safe point.
-    for client in [&v1, &v2] {
-        commit_puts(
-            client,
-            &[
-                (k("g/k"), k("v1")),
-                (k("g/keep"), k("kept")),
-                (k("g/gone"), k("x")),
-            ],
-        )
-        .await?;
-    }
-    let mid = v1.current_timestamp().await?;
-    for client in [&v1, &v2] {
-        commit_puts(client, &[(k("g/k"), k("v2"))]).await?;
-        let mut txn = client.begin_with_options(optimistic()).await?;
-        txn.delete(k("g/gone")).await?;
-        txn.commit().await?;
-    }
-    for client in [&v1, &v2] {
-        let mut old = client.snapshot(mid.clone(), optimistic());
-        assert_eq!(
-            old.get(k("g/k")).await?,
-            Some(k("v1")),
-            "old version before GC"
-        );
-        assert_eq!(old.get(k("g/gone")).await?, Some(k("x")));
-    }
+    commit_puts(
+        &client,
+        &[
+            (k("g/k"), k("v1")),
+            (k("g/keep"), k("kept")),
+            (k("g/gone"), k("x")),
+        ],
+    )
+    .await?;
+    let mid = client.current_timestamp().await?;
+    commit_puts(&client, &[(k("g/k"), k("v2"))]).await?;
+    let mut txn = client.begin_with_options(optimistic()).await?;
+    txn.delete(k("g/gone")).await?;
+    txn.commit().await?;
+    let mut old = client.snapshot(mid.clone(), optimistic());
+    assert_eq!(
+        old.get(k("g/k")).await?,
+        Some(k("v1")),
+        "old version before GC"
+    );
+    assert_eq!(old.get(k("g/gone")).await?, Some(k("x")));
 
-    let safepoint = v1.current_timestamp().await?;
+    let safepoint = client.current_timestamp().await?;
     assert!(
-        v1.gc(safepoint.clone()).await?,
+        client.gc(safepoint.clone()).await?,
         "gc() did not set the requested safe point"
     );
     assert_eq!(
@@ -284,7 +286,7 @@ async fn txn_gc_and_unsafe_destroy_range() -> Result<()> {
     // The safe point never moves backwards.
     let older = ts_from(safepoint.version() - (1 << 18));
     assert!(
-        !v2.gc(older).await?,
+        !client.gc(older).await?,
         "gc() with an older safe point reported success"
     );
     assert_eq!(
@@ -295,57 +297,50 @@ async fn txn_gc_and_unsafe_destroy_range() -> Result<()> {
 
     // The store's GC worker removes versions hidden below the safe point but
     // keeps the newest version at or below it.
-    for (api, client) in [(Api::V1, &v1), (Api::V2, &v2)] {
-        let mid_ts = mid.clone();
-        eventually(
-            Duration::from_secs(30),
-            "store GC removed old versions",
-            move || {
-                let mid = mid_ts.clone();
-                async move {
-                    let mut old = client.snapshot(mid, optimistic());
-                    let k_old = old.get(k("g/k")).await.ok().flatten();
-                    let gone_old = old.get(k("g/gone")).await.ok().flatten();
-                    Ok(k_old.is_none() && gone_old.is_none())
-                }
-            },
-        )
-        .await
-        .with_context(|| format!("{api:?}"))?;
-        assert_eq!(
-            read(client, b"g/k").await?,
-            Some(k("v2")),
-            "{api:?}: GC removed the live version"
-        );
-        assert_eq!(
-            read(client, b"g/keep").await?,
-            Some(k("kept")),
-            "{api:?}: GC removed an only version"
-        );
-        assert_eq!(read(client, b"g/gone").await?, None, "{api:?}");
-        let mut at_safepoint = client.snapshot(safepoint.clone(), optimistic());
-        assert_eq!(at_safepoint.get(k("g/k")).await?, Some(k("v2")), "{api:?}");
-        assert_eq!(
-            at_safepoint.get(k("g/keep")).await?,
-            Some(k("kept")),
-            "{api:?}"
-        );
-    }
+    let mid_ts = mid.clone();
+    let client_ref = &client;
+    eventually(
+        Duration::from_secs(30),
+        "store GC removed old versions",
+        move || {
+            let mid = mid_ts.clone();
+            async move {
+                let mut old = client_ref.snapshot(mid, optimistic());
+                let k_old = old.get(k("g/k")).await.ok().flatten();
+                let gone_old = old.get(k("g/gone")).await.ok().flatten();
+                Ok(k_old.is_none() && gone_old.is_none())
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        read(&client, b"g/k").await?,
+        Some(k("v2")),
+        "GC removed the live version"
+    );
+    assert_eq!(
+        read(&client, b"g/keep").await?,
+        Some(k("kept")),
+        "GC removed an only version"
+    );
+    assert_eq!(read(&client, b"g/gone").await?, None);
+    let mut at_safepoint = client.snapshot(safepoint.clone(), optimistic());
+    assert_eq!(at_safepoint.get(k("g/k")).await?, Some(k("v2")));
+    assert_eq!(at_safepoint.get(k("g/keep")).await?, Some(k("kept")));
     // Writes after GC still work.
-    commit_puts(&v1, &[(k("g/k"), k("v3"))]).await?;
-    assert_eq!(read(&v1, b"g/k").await?, Some(k("v3")));
+    commit_puts(&client, &[(k("g/k"), k("v3"))]).await?;
+    assert_eq!(read(&client, b"g/k").await?, Some(k("v3")));
 
-    // unsafe_destroy_range: same user keys in V1 and V2, destroyed one API at a time.
-    for client in [&v1, &v2] {
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = ["u/a/0", "u/a/1", "u/a/2", "u/b/0", "u/b/1"]
-            .iter()
-            .map(|key| (k(key), k("data")))
-            .collect();
-        commit_puts(client, &pairs).await?;
-        commit_puts(client, &[(k("u/a/0"), k("data-v2"))]).await?;
-    }
-    let before_destroy = v2.current_timestamp().await?;
-    v2.unsafe_destroy_range(k("u/a")..k("u/b")).await?;
+    // unsafe_destroy_range removes every version in its range, and only there.
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = ["u/a/0", "u/a/1", "u/a/2", "u/b/0", "u/b/1"]
+        .iter()
+        .map(|key| (k(key), k("data")))
+        .collect();
+    commit_puts(&client, &pairs).await?;
+    commit_puts(&client, &[(k("u/a/0"), k("data-v2"))]).await?;
+    wait_for_no_locks(&client, b"u/", b"u0").await?;
+    let before_destroy = client.current_timestamp().await?;
+    client.unsafe_destroy_range(k("u/a")..k("u/b")).await?;
     let scan = |client: &TransactionClient, ts| {
         let mut snapshot = client.snapshot(ts, optimistic());
         async move {
@@ -353,32 +348,35 @@ async fn txn_gc_and_unsafe_destroy_range() -> Result<()> {
             anyhow::Ok(keys_of(&pairs))
         }
     };
-    let now = v2.current_timestamp().await?;
+    let now = client.current_timestamp().await?;
     assert_eq!(
-        scan(&v2, now.clone()).await?,
+        scan(&client, now).await?,
         ["u/b/0", "u/b/1"],
-        "V2 after destroy"
+        "after destroy"
     );
     assert_eq!(
-        scan(&v2, before_destroy).await?,
+        scan(&client, before_destroy).await?,
         ["u/b/0", "u/b/1"],
         "destroyed range still readable at an older ts"
     );
     assert_eq!(
-        scan(&v1, now).await?,
-        ["u/a/0", "u/a/1", "u/a/2", "u/b/0", "u/b/1"],
-        "V2 unsafe_destroy_range touched V1 data"
-    );
-    v1.unsafe_destroy_range(k("u/a")..k("u/b")).await?;
-    let now = v1.current_timestamp().await?;
-    assert_eq!(
-        scan(&v1, now).await?,
-        ["u/b/0", "u/b/1"],
-        "V1 after destroy"
+        read(&client, b"g/k").await?,
+        Some(k("v3")),
+        "unsafe_destroy_range touched a key outside its range"
     );
     // The range is usable again.
-    commit_puts(&v1, &[(k("u/a/0"), k("again"))]).await?;
-    assert_eq!(read(&v1, b"u/a/0").await?, Some(k("again")));
+    commit_puts(&client, &[(k("u/a/0"), k("again"))]).await?;
+    assert_eq!(read(&client, b"u/a/0").await?, Some(k("again")));
     logs.disarm();
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_gc_and_unsafe_destroy_range_v1() -> Result<()> {
+    gc_and_unsafe_destroy_range(Api::V1).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_gc_and_unsafe_destroy_range_v2() -> Result<()> {
+    gc_and_unsafe_destroy_range(Api::V2).await
 }

@@ -1,7 +1,9 @@
-//! Shared helpers for the end-to-end tests: clients for both API versions,
-//! raw gRPC stubs with a correctly addressed `kvrpcpb::Context`, and polling.
+//! Shared helpers for the end-to-end tests: clusters serving either API
+//! version, clients for them, raw gRPC stubs with a correctly addressed
+//! `kvrpcpb::Context`, Region lookups, and polling.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,8 @@ use tikv_client::{
 };
 use tonic::transport::Channel;
 
-/// The two client API versions Shale serves side by side.
+/// The two client API versions. A cluster serves exactly one of them (the
+/// storage node's `api_version`, like TiKV's `storage.api-version`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
     /// `RawClient::new` / `TransactionClient::new`: keys used verbatim.
@@ -26,8 +29,6 @@ pub enum Api {
     /// `Config::default().with_default_keyspace()`: keys carry the keyspace prefix.
     V2,
 }
-
-pub const BOTH_APIS: [Api; 2] = [Api::V1, Api::V2];
 
 impl Api {
     pub fn config(self) -> Config {
@@ -43,6 +44,36 @@ impl Api {
             Api::V2 => ApiVersion::V2,
         }
     }
+
+    /// The storage-node config (TOML) a cluster serving this API needs:
+    /// nothing for API V1, the default.
+    pub fn store_config(self) -> &'static str {
+        match self {
+            Api::V1 => "",
+            Api::V2 => "api_version = 2\n",
+        }
+    }
+
+    /// The version's name as the storage node spells it in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::V1 => "V1",
+            Api::V2 => "V2",
+        }
+    }
+}
+
+/// A one-store cluster serving `api`, with `extra_config` (TOML lines) added
+/// to the storage node's config. An API V1 cluster without extra config runs
+/// the storage node without a config file: all defaults.
+pub async fn start_cluster(api: Api, extra_config: &str) -> Result<Cluster> {
+    let config = format!("{}{extra_config}", api.store_config());
+    let cluster = if config.is_empty() {
+        Cluster::start(1).await
+    } else {
+        Cluster::start_with_store_config(1, &config).await
+    };
+    cluster.with_context(|| format!("starting an API {api:?} cluster"))
 }
 
 pub async fn raw_client(cluster: &Cluster, api: Api) -> Result<RawClient> {
@@ -118,6 +149,22 @@ pub async fn commit_puts(
     }
 }
 
+/// Waits until no lock is left in `[start, end)`. `commit()` returns once
+/// the primary is committed; tikv-client commits the secondaries in the
+/// background, so a hand-made request that resolves no locks (or a lock
+/// count) must wait for them.
+pub async fn wait_for_no_locks(client: &TransactionClient, start: &[u8], end: &[u8]) -> Result<()> {
+    let (start, end) = (start.to_vec(), end.to_vec());
+    eventually(Duration::from_secs(10), "secondary locks committed", || {
+        let (start, end) = (start.clone(), end.clone());
+        async move {
+            let now = client.current_timestamp().await?;
+            Ok(client.scan_locks(&now, start..end, 100).await?.is_empty())
+        }
+    })
+    .await
+}
+
 /// Polls `check` until it returns `Ok(true)` or `timeout` passes; the last
 /// error or `false` becomes the failure.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
@@ -187,35 +234,6 @@ pub async fn gc_safe_point(cluster: &Cluster) -> Result<u64> {
     Ok(resp.safe_point)
 }
 
-/// The Region holding `region_key` (Region space) and its leader, from placement.
-pub async fn region_for(
-    cluster: &Cluster,
-    region_key: &[u8],
-) -> Result<(metapb::Region, metapb::Peer)> {
-    let (mut pd, header) = pd_stub(cluster).await?;
-    let resp = pd
-        .get_region(pdpb::GetRegionRequest {
-            header: Some(header),
-            region_key: region_key.to_vec(),
-            need_buckets: false,
-        })
-        .await?
-        .into_inner();
-    if let Some(err) = resp.header.and_then(|h| h.error) {
-        bail!("GetRegion error: {err:?}");
-    }
-    let region = resp.region.context("GetRegion returned no region")?;
-    let leader = match resp.leader {
-        Some(l) if l.id != 0 => l,
-        _ => region
-            .peers
-            .first()
-            .cloned()
-            .context("GetRegion returned a region without peers")?,
-    };
-    Ok((region, leader))
-}
-
 /// The id placement gives the DEFAULT keyspace (what API V2 clients use).
 pub async fn default_keyspace_id(cluster: &Cluster) -> Result<u32> {
     let (_, header) = pd_stub(cluster).await?;
@@ -233,34 +251,134 @@ pub async fn default_keyspace_id(cluster: &Cluster) -> Result<u32> {
         .id)
 }
 
-/// Everything a hand-made request needs to reach the single Region correctly.
+/// The memcomparable encoding of `key` (TiKV's `codec::bytes::encode_bytes`):
+/// 8-byte groups, each followed by a marker byte `0xFF - padding`, the last
+/// group zero-padded. Region boundaries are in this form for transactional
+/// keys and for every API V2 key; API V1 raw keys are Region keys verbatim.
+pub fn encode_bytes(key: &[u8]) -> Vec<u8> {
+    const GROUP: usize = 8;
+    let mut out = Vec::with_capacity((key.len() / GROUP + 1) * (GROUP + 1));
+    let mut chunks = key.chunks_exact(GROUP);
+    for chunk in &mut chunks {
+        out.extend_from_slice(chunk);
+        out.push(0xFF);
+    }
+    let rest = chunks.remainder();
+    let pad = GROUP - rest.len();
+    out.extend_from_slice(rest);
+    out.extend(std::iter::repeat_n(0u8, pad));
+    out.push(0xFF - pad as u8);
+    out
+}
+
+/// The Region-space bounds an API V2 cluster splits at for the keyspace
+/// `keyspace_id`: its raw range `r` + id .. `r` + id+1 and its transactional
+/// range `x` + id .. `x` + id+1 (as PD's keyspace bootstrap does).
+pub fn keyspace_bounds(keyspace_id: u32) -> Vec<Vec<u8>> {
+    let mut bounds = Vec::new();
+    for mode in [b'r', b'x'] {
+        for id in [keyspace_id, keyspace_id + 1] {
+            let id = id.to_be_bytes();
+            bounds.push(encode_bytes(&[mode, id[1], id[2], id[3]]));
+        }
+    }
+    bounds
+}
+
+/// Every Region placement knows, in key order (pdpb ScanRegions, no limit).
+pub async fn regions(cluster: &Cluster) -> Result<Vec<metapb::Region>> {
+    let (mut pd, header) = pd_stub(cluster).await?;
+    let resp = pd
+        .scan_regions(pdpb::ScanRegionsRequest {
+            header: Some(header),
+            start_key: Vec::new(),
+            end_key: Vec::new(),
+            limit: 0,
+        })
+        .await?
+        .into_inner();
+    if let Some(err) = resp.header.and_then(|h| h.error) {
+        bail!("ScanRegions error: {err:?}");
+    }
+    let regions: Vec<metapb::Region> = if resp.regions.is_empty() {
+        resp.region_metas
+    } else {
+        resp.regions.into_iter().filter_map(|r| r.region).collect()
+    };
+    Ok(regions)
+}
+
+/// How a key maps into Region space (see [`encode_bytes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyMode {
+    Raw,
+    Txn,
+}
+
+/// Everything a hand-made request needs to reach the right Region: each
+/// request is routed by its key through placement (GetRegion with the key's
+/// Region-space form), as the client library does.
 pub struct Target {
     pub api: Api,
     pub keyspace_id: u32,
+    /// The Region the last [`Target::route`] found, and its leader.
     pub region: metapb::Region,
     pub leader: metapb::Peer,
+    /// A stub to the leader's store.
     pub stub: TikvClient<Channel>,
+    pd: PdClient<Channel>,
+    header: pdpb::RequestHeader,
+    stubs: HashMap<u64, TikvClient<Channel>>,
 }
 
 impl Target {
-    /// Addresses the cluster's (only) Region through its leader's store.
+    /// Routed to the Region holding the start of the API's raw key space
+    /// (API V1: the empty key; API V2: the keyspace's raw prefix).
     pub async fn new(cluster: &Cluster, api: Api) -> Result<Self> {
-        let (region, leader) = region_for(cluster, b"").await?;
         let keyspace_id = match api {
             Api::V1 => 0,
             Api::V2 => default_keyspace_id(cluster).await?,
         };
-        let store = store_index(cluster, leader.store_id).await?;
-        let stub = tikv_stub(&cluster.store_addrs[store]).await?;
+        let (mut pd, header) = pd_stub(cluster).await?;
+        let mut stubs = HashMap::new();
+        let home = match api {
+            Api::V1 => Vec::new(),
+            Api::V2 => encode_bytes(&prefixed(api, keyspace_id, b'r', b"")),
+        };
+        let (region, leader, stub) = locate(&mut pd, header, &mut stubs, home).await?;
         Ok(Target {
             api,
             keyspace_id,
             region,
             leader,
             stub,
+            pd,
+            header,
+            stubs,
         })
     }
 
+    /// The Region-space form of the wire key `key`.
+    pub fn region_key(&self, mode: KeyMode, key: &[u8]) -> Vec<u8> {
+        match (self.api, mode) {
+            (Api::V1, KeyMode::Raw) => key.to_vec(),
+            _ => encode_bytes(key),
+        }
+    }
+
+    /// Points [`Target::ctx`] and [`Target::stub`] at the Region holding the
+    /// wire key `key`, as placement reports it now.
+    pub async fn route(&mut self, mode: KeyMode, key: &[u8]) -> Result<()> {
+        let region_key = self.region_key(mode, key);
+        let (region, leader, stub) =
+            locate(&mut self.pd, self.header, &mut self.stubs, region_key).await?;
+        self.region = region;
+        self.leader = leader;
+        self.stub = stub;
+        Ok(())
+    }
+
+    /// A context for the Region of the last [`Target::route`].
     pub fn ctx(&self) -> kvrpcpb::Context {
         kvrpcpb::Context {
             region_id: self.region.id,
@@ -273,15 +391,7 @@ impl Target {
     }
 
     fn prefixed(&self, mode: u8, key: &[u8]) -> Vec<u8> {
-        match self.api {
-            Api::V1 => key.to_vec(),
-            Api::V2 => {
-                let id = self.keyspace_id.to_be_bytes();
-                let mut out = vec![mode, id[1], id[2], id[3]];
-                out.extend_from_slice(key);
-                out
-            }
-        }
+        prefixed(self.api, self.keyspace_id, mode, key)
     }
 
     /// The wire form of a transactional user key (what the client sends).
@@ -294,8 +404,9 @@ impl Target {
         self.prefixed(b'r', key)
     }
 
-    /// Prewrites `mutations` (user keys) at `start_ts` and never commits them:
-    /// an abandoned transaction whose locks stay behind.
+    /// Prewrites `mutations` (user keys, all in the primary's Region) at
+    /// `start_ts` and never commits them: an abandoned transaction whose
+    /// locks stay behind. Routes the Target to the primary's Region.
     pub async fn prewrite(
         &mut self,
         mutations: &[(Vec<u8>, Vec<u8>)],
@@ -313,6 +424,8 @@ impl Target {
         } else {
             Vec::new()
         };
+        let primary_key = self.txn_key(primary);
+        self.route(KeyMode::Txn, &primary_key).await?;
         let req = kvrpcpb::PrewriteRequest {
             context: Some(self.ctx()),
             mutations: mutations
@@ -344,18 +457,67 @@ impl Target {
     }
 }
 
-/// Which of the cluster's processes is the store with `store_id`.
-pub async fn store_index(cluster: &Cluster, store_id: u64) -> Result<usize> {
-    for (i, addr) in cluster.store_status_addrs.iter().enumerate() {
-        if let Ok((200, body)) = shale_e2e::http_get(addr, "/status").await {
-            let status: serde_json::Value = serde_json::from_str(&body)
-                .with_context(|| format!("store {i} /status is not JSON: {body}"))?;
-            if status["store_id"].as_u64() == Some(store_id) {
-                return Ok(i);
-            }
+/// `key` in API `api`'s wire form for key mode `mode` (`r` or `x`).
+fn prefixed(api: Api, keyspace_id: u32, mode: u8, key: &[u8]) -> Vec<u8> {
+    match api {
+        Api::V1 => key.to_vec(),
+        Api::V2 => {
+            let id = keyspace_id.to_be_bytes();
+            let mut out = vec![mode, id[1], id[2], id[3]];
+            out.extend_from_slice(key);
+            out
         }
     }
-    bail!("no running store has id {store_id}")
+}
+
+/// The Region holding `region_key`, its leader, and a stub to the leader's
+/// store (found through placement's GetStore, cached in `stubs`).
+async fn locate(
+    pd: &mut PdClient<Channel>,
+    header: pdpb::RequestHeader,
+    stubs: &mut HashMap<u64, TikvClient<Channel>>,
+    region_key: Vec<u8>,
+) -> Result<(metapb::Region, metapb::Peer, TikvClient<Channel>)> {
+    let resp = pd
+        .get_region(pdpb::GetRegionRequest {
+            header: Some(header),
+            region_key: region_key.clone(),
+            need_buckets: false,
+        })
+        .await?
+        .into_inner();
+    if let Some(err) = resp.header.and_then(|h| h.error) {
+        bail!("GetRegion({region_key:?}) error: {err:?}");
+    }
+    let region = resp.region.context("GetRegion returned no region")?;
+    let leader = match resp.leader {
+        Some(l) if l.id != 0 => l,
+        _ => region
+            .peers
+            .first()
+            .cloned()
+            .context("GetRegion returned a region without peers")?,
+    };
+    let stub = match stubs.get(&leader.store_id) {
+        Some(stub) => stub.clone(),
+        None => {
+            let resp = pd
+                .get_store(pdpb::GetStoreRequest {
+                    header: Some(header),
+                    store_id: leader.store_id,
+                })
+                .await?
+                .into_inner();
+            if let Some(err) = resp.header.and_then(|h| h.error) {
+                bail!("GetStore({}) error: {err:?}", leader.store_id);
+            }
+            let addr = resp.store.context("GetStore returned no store")?.address;
+            let stub = tikv_stub(&addr).await?;
+            stubs.insert(leader.store_id, stub.clone());
+            stub
+        }
+    };
+    Ok((region, leader, stub))
 }
 
 /// The store id a storage node reports on `/status`.
