@@ -24,7 +24,7 @@ const MAX_VALUE: usize = 64 * 1024;
 const MAX_KEY: usize = 8 * 1024;
 
 fn store_config() -> String {
-    format!("max_value_size = {MAX_VALUE}\n")
+    format!("max-value-size = {MAX_VALUE}\n")
 }
 
 /// A one-store cluster serving `api` that accepts values up to `MAX_VALUE`.
@@ -839,11 +839,11 @@ fn corrupt_storage_node_config_exits_with_a_message() -> Result<()> {
             vec![0x00, 0xff, 0xfe, 0x5b, 0x5b, 0x0a, 0x80, 0x81],
         ),
         ("not TOML", b"this is = = not [toml\n[[[".to_vec()),
-        ("unknown key", b"max_value_sise = 10\n".to_vec()),
-        ("wrong type", b"max_value_size = \"big\"\n".to_vec()),
-        ("negative size", b"max_value_size = -1\n".to_vec()),
-        ("invalid value", b"max_value_size = 0\n".to_vec()),
-        ("unknown API version", b"api_version = 3\n".to_vec()),
+        ("unknown key", b"max-value-sise = 10\n".to_vec()),
+        ("wrong type", b"max-value-size = \"big\"\n".to_vec()),
+        ("negative size", b"max-value-size = -1\n".to_vec()),
+        ("invalid value", b"max-value-size = 0\n".to_vec()),
+        ("unknown API version", b"api-version = 3\n".to_vec()),
     ];
     for (name, config) in cases {
         let (code, output) = run_storage_node_with_config(&config)?;

@@ -246,7 +246,7 @@ async fn txn_abandoned_locks_scan_locks_and_cleanup_locks_v2() -> Result<()> {
 
 async fn gc_and_unsafe_destroy_range(api: Api) -> Result<()> {
     // The store polls placement's safe point every 300 ms instead of 10 s.
-    let cluster = start_cluster(api, "gc_interval_ms = 300\n").await?;
+    let cluster = start_cluster(api, "gc-interval-ms = 300\n").await?;
     let logs = cluster.logs_on_failure();
     let client = txn_client(&cluster, api).await?;
 

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// TOML keys are kebab-case (`api-version`, `max-value-size`), as in TiKV's
+/// and placement's files.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// Where the store's RocksDB lives.
     pub data_dir: PathBuf,
@@ -111,7 +113,7 @@ mod tests {
 
     #[test]
     fn partial_file_keeps_defaults() {
-        let c = Config::from_toml("listen_addr = \"0.0.0.0:1\"\nsync_log = false").unwrap();
+        let c = Config::from_toml("listen-addr = \"0.0.0.0:1\"\nsync-log = false").unwrap();
         assert_eq!(c.listen_addr, "0.0.0.0:1");
         assert!(!c.sync_log);
         assert_eq!(c.pd_endpoints, Config::default().pd_endpoints);
@@ -120,8 +122,8 @@ mod tests {
     #[test]
     fn garbage_and_unknown_keys_are_errors() {
         assert!(Config::from_toml("\u{0}\u{1}not toml [[").is_err());
-        assert!(Config::from_toml("listen_adr = \"x\"").is_err());
-        assert!(Config::from_toml("sync_log = 3").is_err());
+        assert!(Config::from_toml("listen-adr = \"x\"").is_err());
+        assert!(Config::from_toml("sync-log = 3").is_err());
         let empty_pd = Config {
             pd_endpoints: vec![],
             ..Config::default()

@@ -21,7 +21,7 @@ use tikv_client::{
 use tonic::transport::Channel;
 
 /// The two client API versions. A cluster serves exactly one of them (the
-/// storage node's `api_version`, like TiKV's `storage.api-version`).
+/// storage node's `api-version`, like TiKV's `storage.api-version`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
     /// `RawClient::new` / `TransactionClient::new`: keys used verbatim.
@@ -50,7 +50,7 @@ impl Api {
     pub fn store_config(self) -> &'static str {
         match self {
             Api::V1 => "",
-            Api::V2 => "api_version = 2\n",
+            Api::V2 => "api-version = 2\n",
         }
     }
 
