@@ -120,6 +120,20 @@ mod tests {
     }
 
     #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\ndata-dir")
+            .expect("README has the example")
+            + 8;
+        let len = readme[start..].find("```").expect("example is closed");
+        let c = Config::from_toml(&readme[start..start + len]).unwrap();
+        assert_eq!(c.advertise_addr.as_deref(), Some("store-0.example:20160"));
+        assert_eq!(c.api_version, 1);
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn garbage_and_unknown_keys_are_errors() {
         assert!(Config::from_toml("\u{0}\u{1}not toml [[").is_err());
         assert!(Config::from_toml("listen-adr = \"x\"").is_err());
