@@ -9,6 +9,7 @@ const FILES: &[&str] = &[
     "pdpb.proto",
     "tikvpb.proto",
     "keyspacepb.proto",
+    "raftpb.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

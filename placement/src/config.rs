@@ -25,6 +25,13 @@ pub struct Config {
     pub log_level: String,
     /// Replicas per region (`max_peer_count` in GetClusterConfig).
     pub max_replicas: u32,
+    /// `name=url,...`: the members a new placement group starts with (every
+    /// member gets the same list). Unset and not joining: a group of one.
+    pub initial_cluster: Option<String>,
+    /// URLs of a running group this new member asks to join.
+    pub join: Vec<String>,
+    /// Enables `POST /pd/api/v1/debug/isolate` (tests of real processes).
+    pub allow_fault_injection: bool,
 }
 
 impl Default for Config {
@@ -36,6 +43,9 @@ impl Default for Config {
             advertise_addr: None,
             log_level: "info".into(),
             max_replicas: 3,
+            initial_cluster: None,
+            join: Vec::new(),
+            allow_fault_injection: false,
         }
     }
 }
@@ -90,6 +100,25 @@ impl Config {
                 )));
             }
         }
+        if let Some(list) = &self.initial_cluster {
+            let initial = crate::raft::InitialCluster::parse(list)
+                .map_err(|e| ConfigError::Invalid(format!("initial-cluster: {e}")))?;
+            if !initial.contains(&self.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "initial-cluster does not list this member's name {:?}",
+                    self.name
+                )));
+            }
+            if !self.join.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "initial-cluster and join are exclusive: form a new group or join one".into(),
+                ));
+            }
+        }
+        for url in &self.join {
+            crate::raft::members::normalize_url(url)
+                .map_err(|e| ConfigError::Invalid(format!("join: {e}")))?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError::Invalid(format!("log-level {:?}: {e}", self.log_level)))?;
         Ok(())
@@ -122,6 +151,15 @@ pub struct Cli {
     /// Log filter, e.g. info, debug [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Members of a new group: name=http://host:port,... (same list on every member)
+    #[arg(long, value_name = "LIST", env = "PLACEMENT_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Join a running group through these member URLs (comma-separated)
+    #[arg(long, value_name = "URLS", env = "PLACEMENT_JOIN", value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// Allow tests to cut this member off from its peers over HTTP
+    #[arg(long, hide = true)]
+    pub allow_fault_injection: bool,
 }
 
 impl Cli {
@@ -145,6 +183,15 @@ impl Cli {
         }
         if let Some(v) = self.log_level {
             config.log_level = v;
+        }
+        if let Some(v) = self.initial_cluster {
+            config.initial_cluster = Some(v);
+        }
+        if let Some(v) = self.join {
+            config.join = v;
+        }
+        if self.allow_fault_injection {
+            config.allow_fault_injection = true;
         }
         config.validate()?;
         Ok(config)
@@ -227,6 +274,31 @@ mod tests {
         config.advertise_addr = Some("http://pd-0.pd:2379".into());
         config.validate().unwrap();
         config.log_level = "[[[".into();
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn member_lists_are_checked() {
+        let mut config = Config {
+            name: "pd-1".into(),
+            initial_cluster: Some("pd-1=http://a:2379,pd-2=b:2379".into()),
+            ..Default::default()
+        };
+        config.validate().unwrap();
+        config.name = "pd-9".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("pd-9"), "{err}");
+        config.name = "pd-1".into();
+        for bad in ["pd-1", "pd-1=", "pd-1=a:2379,pd-1=b:2379", "pd-1=https://a:1", "=a:1"] {
+            config.initial_cluster = Some(bad.into());
+            assert!(config.validate().is_err(), "{bad} accepted");
+        }
+        config.initial_cluster = Some("pd-1=a:2379".into());
+        config.join = vec!["a:2379".into()];
+        assert!(config.validate().is_err(), "initial-cluster with join accepted");
+        config.initial_cluster = None;
+        config.validate().unwrap();
+        config.join = vec!["no port".into()];
         assert!(config.validate().is_err());
     }
 }

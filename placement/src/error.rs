@@ -27,6 +27,10 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Raft(#[from] crate::raft::RaftSetupError),
+    #[error("no placement leader within {0:?}")]
+    NotReady(std::time::Duration),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }

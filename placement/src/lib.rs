@@ -24,6 +24,7 @@ pub mod error;
 pub mod id_alloc;
 pub mod meta;
 pub mod metrics;
+pub mod raft;
 pub mod server;
 pub mod tso;
 

@@ -9,6 +9,9 @@ pub struct Metrics {
     pub grpc_errors: IntCounterVec,
     pub tso_timestamps: IntCounter,
     pub region_heartbeats: IntCounter,
+    /// Times this member became the serving leader.
+    pub leader_changes: IntCounter,
+    is_leader: IntGauge,
     regions: IntGauge,
     stores: IntGauge,
 }
@@ -35,12 +38,19 @@ impl Metrics {
             "placement_region_heartbeats_total",
             "Region heartbeats received",
         )?;
+        let leader_changes = IntCounter::new(
+            "placement_leader_takeovers_total",
+            "Times this member took over as the serving leader",
+        )?;
+        let is_leader = IntGauge::new("placement_is_leader", "1 while this member leads")?;
         let regions = IntGauge::new("placement_regions", "Regions in the routing table")?;
         let stores = IntGauge::new("placement_stores", "Registered stores (any state)")?;
         registry.register(Box::new(grpc_requests.clone()))?;
         registry.register(Box::new(grpc_errors.clone()))?;
         registry.register(Box::new(tso_timestamps.clone()))?;
         registry.register(Box::new(region_heartbeats.clone()))?;
+        registry.register(Box::new(leader_changes.clone()))?;
+        registry.register(Box::new(is_leader.clone()))?;
         registry.register(Box::new(regions.clone()))?;
         registry.register(Box::new(stores.clone()))?;
         Ok(Metrics {
@@ -49,13 +59,21 @@ impl Metrics {
             grpc_errors,
             tso_timestamps,
             region_heartbeats,
+            leader_changes,
+            is_leader,
             regions,
             stores,
         })
     }
 
     /// Text exposition format, with the gauges refreshed first.
-    pub fn render(&self, regions: usize, stores: usize) -> Result<String, prometheus::Error> {
+    pub fn render(
+        &self,
+        is_leader: bool,
+        regions: usize,
+        stores: usize,
+    ) -> Result<String, prometheus::Error> {
+        self.is_leader.set(i64::from(is_leader));
         self.regions.set(i64::try_from(regions).unwrap_or(i64::MAX));
         self.stores.set(i64::try_from(stores).unwrap_or(i64::MAX));
         TextEncoder::new().encode_to_string(&self.registry.gather())

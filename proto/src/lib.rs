@@ -10,4 +10,4 @@ macro_rules! include_package {
     };
 }
 
-include_package!(metapb, errorpb, eraftpb, kvrpcpb, pdpb, tikvpb, keyspacepb);
+include_package!(metapb, errorpb, eraftpb, kvrpcpb, pdpb, tikvpb, keyspacepb, raftpb);

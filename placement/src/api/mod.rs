@@ -1,4 +1,8 @@
 //! HTTP API under `/pd/api/v1`, compatible with PD's for the parts served.
+//!
+//! Any member answers `/members`, `/health` and `/ping`; everything that
+//! needs the cluster state is served by the leader, and other members
+//! redirect there (307, method and body kept), as PD's followers do.
 
 mod format;
 mod members;
@@ -7,12 +11,14 @@ mod stores;
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
-use crate::server::ServerState;
+use crate::server::{LeaderTerm, ServerState};
 
 pub use format::{byte_size, go_duration_ms, hex_upper, rfc3339_ms};
 
@@ -25,13 +31,55 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/stores", get(stores::list))
         .route("/store/{id}", get(stores::by_id))
         .route("/health", get(members::health))
-        .route("/members", get(members::members))
+        .route("/ping", get(members::ping))
+        .route("/members", get(members::members).post(members::join))
+        .route("/members/name/{name}", delete(members::remove))
+        .route("/leader", get(members::leader))
         .route("/config", get(members::config))
-        .route("/cluster", get(members::cluster));
+        .route("/cluster", get(members::cluster))
+        .route("/debug/isolate", post(members::isolate));
     Router::new()
         .nest(PREFIX, api)
         .route("/metrics", get(members::metrics))
         .with_state(state)
+}
+
+/// The serving leader's state; on other members the request is redirected
+/// to the leader (or refused with 503 while no leader is known).
+pub struct Leader(pub Arc<LeaderTerm>);
+
+impl FromRequestParts<Arc<ServerState>> for Leader {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ServerState>,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(leader) = state.leader_term() {
+            return Ok(Leader(leader));
+        }
+        match state.leader_url() {
+            Some(url) if url != state.member.client_url => {
+                let target = match parts.uri.path_and_query() {
+                    Some(pq) => format!("{url}{pq}"),
+                    None => url,
+                };
+                Err((
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, target)],
+                )
+                    .into_response())
+            }
+            _ => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "placement member {} is not the leader and no leader is known",
+                    state.member.name
+                ),
+            )
+            .into_response()),
+        }
+    }
 }
 
 /// A JSON error body with an HTTP status: `{"error": "..."}`.

@@ -1,16 +1,13 @@
 //! `/regions` and `/region/id/{id}`, shaped like PD's `RegionInfo` JSON.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::Json;
 use serde::Serialize;
 use shale_proto::metapb;
 
 use super::format::hex_upper;
-use super::{parse_id, ApiError};
+use super::{parse_id, ApiError, Leader};
 use crate::cluster::regions::RegionInfo;
-use crate::server::ServerState;
 
 #[derive(Debug, Serialize)]
 pub struct PeerJson {
@@ -109,8 +106,8 @@ pub struct RegionsJson {
     pub regions: Vec<RegionJson>,
 }
 
-pub async fn list(State(state): State<Arc<ServerState>>) -> Json<RegionsJson> {
-    let regions: Vec<RegionJson> = state
+pub async fn list(Leader(leader): Leader) -> Json<RegionsJson> {
+    let regions: Vec<RegionJson> = leader
         .cluster
         .all_regions()
         .iter()
@@ -123,11 +120,11 @@ pub async fn list(State(state): State<Arc<ServerState>>) -> Json<RegionsJson> {
 }
 
 pub async fn by_id(
-    State(state): State<Arc<ServerState>>,
+    Leader(leader): Leader,
     Path(id): Path<String>,
 ) -> Result<Json<RegionJson>, ApiError> {
     let id = parse_id("region", &id)?;
-    let region = state
+    let region = leader
         .cluster
         .region_by_id(id)
         .ok()

@@ -1,6 +1,5 @@
 //! `/stores` and `/store/{id}`, shaped like PD's `StoreInfo` JSON.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -9,7 +8,7 @@ use serde::Serialize;
 use shale_proto::metapb;
 
 use super::format::{byte_size, go_duration_ms, rfc3339_ms};
-use super::{parse_id, ApiError};
+use super::{parse_id, ApiError, Leader};
 use crate::cluster::regions::StoreRegionCounts;
 use crate::cluster::stores::StoreInfo;
 use crate::server::ServerState;
@@ -143,14 +142,13 @@ pub fn store_json(store: &StoreInfo, counts: StoreRegionCounts, now_ms: u64) -> 
     }
 }
 
-fn counts_by_store(state: &ServerState) -> HashMap<u64, StoreRegionCounts> {
-    state.cluster.store_region_counts()
-}
-
-pub async fn list(State(state): State<Arc<ServerState>>) -> Json<StoresJson> {
+pub async fn list(
+    State(state): State<Arc<ServerState>>,
+    Leader(leader): Leader,
+) -> Json<StoresJson> {
     let now = state.clock.now_ms();
-    let counts = counts_by_store(&state);
-    let stores: Vec<StoreJson> = state
+    let counts = leader.cluster.store_region_counts();
+    let stores: Vec<StoreJson> = leader
         .cluster
         .stores_snapshot()
         .iter()
@@ -164,16 +162,19 @@ pub async fn list(State(state): State<Arc<ServerState>>) -> Json<StoresJson> {
 
 pub async fn by_id(
     State(state): State<Arc<ServerState>>,
+    Leader(leader): Leader,
     Path(id): Path<String>,
 ) -> Result<Json<StoreJson>, ApiError> {
     let id = parse_id("store", &id)?;
-    let store = state
+    let store = leader
         .cluster
         .stores_snapshot()
         .into_iter()
         .find(|s| s.meta.id == id)
         .ok_or_else(|| ApiError::not_found(format!("store {id} not found")))?;
-    let counts = counts_by_store(&state)
+    let counts = leader
+        .cluster
+        .store_region_counts()
         .get(&id)
         .copied()
         .unwrap_or_default();

@@ -16,7 +16,7 @@ pub use memory::MemMetaStore;
 pub use rocks::RocksMetaStore;
 
 /// One mutation inside an atomic batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MetaOp {
     Put { key: Vec<u8>, value: Vec<u8> },
     Delete { key: Vec<u8> },
@@ -45,6 +45,10 @@ pub enum MetaError {
     Corrupt { key: String, reason: String },
     #[error("metadata task failed: {0}")]
     Task(String),
+    #[error("this placement member is not the leader")]
+    NotLeader,
+    #[error("metadata replication failed: {0}")]
+    Replication(String),
 }
 
 pub type MetaResult<T> = Result<T, MetaError>;

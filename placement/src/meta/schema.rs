@@ -11,7 +11,6 @@ use shale_proto::{keyspacepb, metapb, pdpb};
 use super::{MetaError, MetaOp, MetaResult, MetaStore};
 
 pub const CLUSTER_ID: &[u8] = b"/cluster/id";
-pub const MEMBER_ID: &[u8] = b"/member/id";
 /// Present once the cluster has been bootstrapped: a `metapb::Cluster`.
 pub const CLUSTER_META: &[u8] = b"/cluster/meta";
 pub const ALLOC_ID_END: &[u8] = b"/alloc/id_end";

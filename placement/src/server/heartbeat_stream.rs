@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::header;
-use super::ServerState;
+use super::{LeaderTerm, ServerState};
 
 type ResponseSender = mpsc::Sender<Result<pdpb::RegionHeartbeatResponse, Status>>;
 pub type HeartbeatResponseStream = ReceiverStream<Result<pdpb::RegionHeartbeatResponse, Status>>;
@@ -65,11 +65,20 @@ pub fn spawn(
     mut requests: Streaming<pdpb::RegionHeartbeatRequest>,
 ) -> HeartbeatResponseStream {
     let (tx, rx) = mpsc::channel(64);
-    let stream_id = state.heartbeat_streams.new_stream_id();
     tokio::spawn(async move {
+        let Some(leader) = state.leader_term() else {
+            let _ = tx.send(Err(state.not_leader())).await;
+            return;
+        };
+        let stream_id = leader.heartbeat_streams.new_stream_id();
         loop {
             let next = tokio::select! {
                 _ = state.shutting_down() => break,
+                // Storage nodes reconnect to the new leader.
+                _ = leader.stepped_down() => {
+                    let _ = tx.send(Err(state.not_leader())).await;
+                    break;
+                }
                 _ = tx.closed() => break,
                 next = requests.message() => next,
             };
@@ -81,12 +90,12 @@ pub fn spawn(
                     break;
                 }
             };
-            if let Err(status) = handle(&state, stream_id, &tx, &request).await {
+            if let Err(status) = handle(&state, &leader, stream_id, &tx, &request).await {
                 let _ = tx.send(Err(status)).await;
                 break;
             }
         }
-        state.heartbeat_streams.unbind(stream_id);
+        leader.heartbeat_streams.unbind(stream_id);
     });
     ReceiverStream::new(rx)
 }
@@ -95,18 +104,19 @@ pub fn spawn(
 /// reported in a response header and the stream goes on.
 async fn handle(
     state: &ServerState,
+    leader: &LeaderTerm,
     stream_id: u64,
     tx: &ResponseSender,
     request: &pdpb::RegionHeartbeatRequest,
 ) -> Result<(), Status> {
-    let cluster_id = state.cluster_id();
+    let cluster_id = leader.cluster.id();
     header::check_cluster_id(cluster_id, request.header.as_ref())
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
     state.metrics.region_heartbeats.inc();
-    if let Some(leader) = &request.leader {
-        state.heartbeat_streams.bind(leader.store_id, stream_id, tx);
+    if let Some(peer) = &request.leader {
+        leader.heartbeat_streams.bind(peer.store_id, stream_id, tx);
     }
-    if let Err(error) = state.cluster.region_heartbeat(request).await {
+    if let Err(error) = leader.cluster.region_heartbeat(request).await {
         let region_id = request.region.as_ref().map_or(0, |r| r.id);
         tracing::debug!(region_id, %error, "region heartbeat rejected");
         state

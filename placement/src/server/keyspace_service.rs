@@ -26,9 +26,9 @@ impl Keyspace for KeyspaceService {
     ) -> Result<Response<keyspacepb::LoadKeyspaceResponse>, Status> {
         let req = request.into_inner();
         self.state
-            .reply("LoadKeyspace", req.header.as_ref(), async {
+            .reply("LoadKeyspace", req.header.clone(), move |leader| async move {
                 Ok(keyspacepb::LoadKeyspaceResponse {
-                    keyspace: Some(self.state.cluster.load_keyspace(&req.name)?),
+                    keyspace: Some(leader.cluster.load_keyspace(&req.name)?),
                     ..Default::default()
                 })
             })

@@ -2,8 +2,7 @@
 
 use shale_proto::pdpb;
 
-use crate::meta::schema::{self, MEMBER_ID};
-use crate::meta::{MetaResult, MetaStore};
+use crate::raft::{NodeId, PlacementNode};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberInfo {
@@ -27,6 +26,10 @@ impl MemberInfo {
         }
     }
 
+    pub fn from_node(id: NodeId, node: &PlacementNode) -> Self {
+        MemberInfo::new(node.name.clone(), id, &node.url)
+    }
+
     pub fn to_proto(&self) -> pdpb::Member {
         pdpb::Member {
             name: self.name.clone(),
@@ -37,19 +40,4 @@ impl MemberInfo {
             ..Default::default()
         }
     }
-}
-
-/// A random member id, generated once and persisted.
-pub async fn load_or_create_member_id(meta: &dyn MetaStore) -> MetaResult<u64> {
-    if let Some(id) = schema::load_u64(meta, MEMBER_ID).await? {
-        return Ok(id);
-    }
-    let id = loop {
-        let candidate: u64 = rand::random();
-        if candidate != 0 {
-            break candidate;
-        }
-    };
-    meta.write(vec![schema::put_u64(MEMBER_ID, id)]).await?;
-    Ok(id)
 }

@@ -37,12 +37,13 @@ impl Pd for PdService {
             .grpc_requests
             .with_label_values(&["GetMembers"])
             .inc();
-        let member = state.member.to_proto();
+        // Any member answers, naming the leader, so clients find it.
+        let (members, leader) = state.members();
         Ok(Response::new(pdpb::GetMembersResponse {
             header: Some(header::ok_header(state.cluster_id())),
-            members: vec![member.clone()],
-            leader: Some(member.clone()),
-            etcd_leader: Some(member),
+            members,
+            leader: leader.clone(),
+            etcd_leader: leader,
             tso_allocator_leaders: Default::default(),
         }))
     }
@@ -70,9 +71,8 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::BootstrapResponse> {
         let req = request.into_inner();
         self.state
-            .reply("Bootstrap", req.header.as_ref(), async {
-                self.state
-                    .cluster
+            .reply("Bootstrap", req.header.clone(), move |leader| async move {
+                leader.cluster
                     .bootstrap(req.store.clone(), req.region.clone())
                     .await?;
                 Ok(pdpb::BootstrapResponse::default())
@@ -86,9 +86,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::IsBootstrappedResponse> {
         let req = request.into_inner();
         self.state
-            .reply("IsBootstrapped", req.header.as_ref(), async {
+            .reply("IsBootstrapped", req.header.clone(), move |leader| async move {
                 Ok(pdpb::IsBootstrappedResponse {
-                    bootstrapped: self.state.cluster.is_bootstrapped(),
+                    bootstrapped: leader.cluster.is_bootstrapped(),
                     ..Default::default()
                 })
             })
@@ -101,9 +101,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::AllocIdResponse> {
         let req = request.into_inner();
         self.state
-            .reply("AllocID", req.header.as_ref(), async {
+            .reply("AllocID", req.header.clone(), move |leader| async move {
                 Ok(pdpb::AllocIdResponse {
-                    id: self.state.cluster.alloc_id().await?,
+                    id: leader.cluster.alloc_id().await?,
                     ..Default::default()
                 })
             })
@@ -116,8 +116,8 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetStoreResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetStore", req.header.as_ref(), async {
-                let store = self.state.cluster.get_store(req.store_id)?;
+            .reply("GetStore", req.header.clone(), move |leader| async move {
+                let store = leader.cluster.get_store(req.store_id)?;
                 Ok(pdpb::GetStoreResponse {
                     store: Some(store.meta),
                     stats: store.stats,
@@ -133,8 +133,8 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::PutStoreResponse> {
         let req = request.into_inner();
         self.state
-            .reply("PutStore", req.header.as_ref(), async {
-                self.state.cluster.put_store(req.store.clone()).await?;
+            .reply("PutStore", req.header.clone(), move |leader| async move {
+                leader.cluster.put_store(req.store.clone()).await?;
                 Ok(pdpb::PutStoreResponse::default())
             })
             .await
@@ -146,10 +146,8 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetAllStoresResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetAllStores", req.header.as_ref(), async {
-                let stores = self
-                    .state
-                    .cluster
+            .reply("GetAllStores", req.header.clone(), move |leader| async move {
+                let stores = leader.cluster
                     .all_stores(req.exclude_tombstone_stores)?;
                 Ok(pdpb::GetAllStoresResponse {
                     stores: stores.into_iter().map(|s| s.meta).collect(),
@@ -165,8 +163,8 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::StoreHeartbeatResponse> {
         let req = request.into_inner();
         self.state
-            .reply("StoreHeartbeat", req.header.as_ref(), async {
-                self.state.cluster.store_heartbeat(req.stats.clone())?;
+            .reply("StoreHeartbeat", req.header.clone(), move |leader| async move {
+                leader.cluster.store_heartbeat(req.stats.clone())?;
                 Ok(pdpb::StoreHeartbeatResponse::default())
             })
             .await
@@ -195,9 +193,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetRegionResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetRegion", req.header.as_ref(), async {
+            .reply("GetRegion", req.header.clone(), move |leader| async move {
                 Ok(region_response(
-                    self.state.cluster.region_by_key(&req.region_key)?,
+                    leader.cluster.region_by_key(&req.region_key)?,
                 ))
             })
             .await
@@ -209,9 +207,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetRegionResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetPrevRegion", req.header.as_ref(), async {
+            .reply("GetPrevRegion", req.header.clone(), move |leader| async move {
                 Ok(region_response(
-                    self.state.cluster.prev_region(&req.region_key)?,
+                    leader.cluster.prev_region(&req.region_key)?,
                 ))
             })
             .await
@@ -223,9 +221,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetRegionResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetRegionByID", req.header.as_ref(), async {
+            .reply("GetRegionByID", req.header.clone(), move |leader| async move {
                 Ok(region_response(
-                    self.state.cluster.region_by_id(req.region_id)?,
+                    leader.cluster.region_by_id(req.region_id)?,
                 ))
             })
             .await
@@ -237,11 +235,10 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::ScanRegionsResponse> {
         let req = request.into_inner();
         self.state
-            .reply("ScanRegions", req.header.as_ref(), async {
+            .reply("ScanRegions", req.header.clone(), move |leader| async move {
                 let limit = usize::try_from(req.limit.max(0)).unwrap_or(0);
                 let regions =
-                    self.state
-                        .cluster
+                    leader.cluster
                         .scan_regions(&req.start_key, &req.end_key, limit)?;
                 let mut response = pdpb::ScanRegionsResponse::default();
                 for region in regions {
@@ -261,10 +258,8 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::AskBatchSplitResponse> {
         let req = request.into_inner();
         self.state
-            .reply("AskBatchSplit", req.header.as_ref(), async {
-                let ids = self
-                    .state
-                    .cluster
+            .reply("AskBatchSplit", req.header.clone(), move |leader| async move {
+                let ids = leader.cluster
                     .ask_batch_split(req.region.as_ref(), req.split_count)
                     .await?;
                 Ok(pdpb::AskBatchSplitResponse {
@@ -281,8 +276,8 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::ReportBatchSplitResponse> {
         let req = request.into_inner();
         self.state
-            .reply("ReportBatchSplit", req.header.as_ref(), async {
-                self.state.cluster.report_batch_split(&req.regions).await?;
+            .reply("ReportBatchSplit", req.header.clone(), move |leader| async move {
+                leader.cluster.report_batch_split(&req.regions).await?;
                 Ok(pdpb::ReportBatchSplitResponse::default())
             })
             .await
@@ -294,9 +289,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetClusterConfigResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetClusterConfig", req.header.as_ref(), async {
+            .reply("GetClusterConfig", req.header.clone(), move |leader| async move {
                 Ok(pdpb::GetClusterConfigResponse {
-                    cluster: Some(self.state.cluster.cluster_config()?),
+                    cluster: Some(leader.cluster.cluster_config()?),
                     ..Default::default()
                 })
             })
@@ -309,9 +304,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetGcSafePointResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetGCSafePoint", req.header.as_ref(), async {
+            .reply("GetGCSafePoint", req.header.clone(), move |leader| async move {
                 Ok(pdpb::GetGcSafePointResponse {
-                    safe_point: self.state.cluster.gc_safe_point()?,
+                    safe_point: leader.cluster.gc_safe_point()?,
                     ..Default::default()
                 })
             })
@@ -324,11 +319,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::UpdateGcSafePointResponse> {
         let req = request.into_inner();
         self.state
-            .reply("UpdateGCSafePoint", req.header.as_ref(), async {
+            .reply("UpdateGCSafePoint", req.header.clone(), move |leader| async move {
                 Ok(pdpb::UpdateGcSafePointResponse {
-                    new_safe_point: self
-                        .state
-                        .cluster
+                    new_safe_point: leader.cluster
                         .update_gc_safe_point(req.safe_point)
                         .await?,
                     ..Default::default()
@@ -343,10 +336,8 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::UpdateServiceGcSafePointResponse> {
         let req = request.into_inner();
         self.state
-            .reply("UpdateServiceGCSafePoint", req.header.as_ref(), async {
-                let min = self
-                    .state
-                    .cluster
+            .reply("UpdateServiceGCSafePoint", req.header.clone(), move |leader| async move {
+                let min = leader.cluster
                     .update_service_gc_safe_point(&req.service_id, req.ttl, req.safe_point)
                     .await?;
                 Ok(pdpb::UpdateServiceGcSafePointResponse {
@@ -365,7 +356,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::SplitRegionsResponse> {
         let req = request.into_inner();
         self.state
-            .reply("SplitRegions", req.header.as_ref(), async {
+            .reply("SplitRegions", req.header.clone(), move |_leader| async move {
                 Err::<pdpb::SplitRegionsResponse, _>(PdError::Other(
                     "SplitRegions is not supported by placement yet; use the storage node's SplitRegion RPC".into(),
                 ))

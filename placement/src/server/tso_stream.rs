@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::header;
-use super::ServerState;
+use super::{LeaderTerm, ServerState};
 use crate::tso::TsoError;
 
 pub type TsoResponseStream = ReceiverStream<Result<pdpb::TsoResponse, Status>>;
@@ -20,9 +20,17 @@ pub fn spawn(
 ) -> TsoResponseStream {
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(async move {
+        let Some(leader) = state.leader_term() else {
+            let _ = tx.send(Err(state.not_leader())).await;
+            return;
+        };
         loop {
             let next = tokio::select! {
                 _ = state.shutting_down() => break,
+                _ = leader.stepped_down() => {
+                    let _ = tx.send(Err(state.not_leader())).await;
+                    break;
+                }
                 _ = tx.closed() => break,
                 next = requests.message() => next,
             };
@@ -34,7 +42,7 @@ pub fn spawn(
                     break;
                 }
             };
-            let response = handle(&state, &request).await;
+            let response = handle(&state, &leader, &request).await;
             let failed = response.is_err();
             // As in PD, a bad request ends the stream with a gRPC status.
             if tx.send(response).await.is_err() || failed {
@@ -47,13 +55,20 @@ pub fn spawn(
 
 async fn handle(
     state: &ServerState,
+    leader: &LeaderTerm,
     request: &pdpb::TsoRequest,
 ) -> Result<pdpb::TsoResponse, Status> {
-    let cluster_id = state.cluster_id();
+    let cluster_id = leader.cluster.id();
     header::check_cluster_id(cluster_id, request.header.as_ref())
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
-    let batch = state.tso.next(request.count).await.map_err(|e| match e {
+    // A leader cut off from its quorum may already have been replaced; it
+    // must not hand out timestamps a newer leader could undercut.
+    if leader.is_over() || !state.raft.holds_lease() {
+        return Err(state.not_leader());
+    }
+    let batch = leader.tso.next(request.count).await.map_err(|e| match e {
         TsoError::InvalidCount(_) => Status::invalid_argument(e.to_string()),
+        TsoError::Persist(crate::meta::MetaError::NotLeader) => state.not_leader(),
         TsoError::Persist(_) => {
             tracing::error!(error = %e, "tso unavailable");
             Status::unavailable(e.to_string())
