@@ -11,7 +11,7 @@ mod stores;
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OriginalUri};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -60,7 +60,12 @@ impl FromRequestParts<Arc<ServerState>> for Leader {
         }
         match state.leader_url() {
             Some(url) if url != state.member.client_url => {
-                let target = match parts.uri.path_and_query() {
+                // Inside the nested router `parts.uri` lost the prefix.
+                let uri = parts
+                    .extensions
+                    .get::<OriginalUri>()
+                    .map_or(&parts.uri, |original| &original.0);
+                let target = match uri.path_and_query() {
                     Some(pq) => format!("{url}{pq}"),
                     None => url,
                 };
