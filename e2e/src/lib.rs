@@ -158,9 +158,23 @@ pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
 
 /// A minimal HTTP/1.1 request without a body: status code and body.
 pub async fn http_request(addr: &str, method: &str, path: &str) -> Result<(u16, String)> {
+    http_request_with_body(addr, method, path, "").await
+}
+
+/// A minimal HTTP/1.1 request with a JSON body: status code and body.
+pub async fn http_request_with_body(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await?;
@@ -178,10 +192,14 @@ pub async fn http_request(addr: &str, method: &str, path: &str) -> Result<(u16, 
     Ok((status, body))
 }
 
-/// Placement plus storage nodes as real processes in one temporary directory.
+/// Placement members plus storage nodes as real processes in one temporary
+/// directory.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    pub placement: Process,
+    /// Placement members; with more than one they form one Raft group.
+    pub placements: Vec<Process>,
+    pub pd_addrs: Vec<String>,
+    /// The first placement member's address (the only one unless replicated).
     pub pd_addr: String,
     pub stores: Vec<Process>,
     pub store_addrs: Vec<String>,
@@ -192,20 +210,38 @@ pub struct Cluster {
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+fn placement_name(i: usize) -> String {
+    format!("pd-{i}")
+}
+
 impl Cluster {
     /// Starts placement and `stores` storage nodes and waits until all serve.
     pub async fn start(stores: usize) -> Result<Self> {
-        Self::start_inner(stores, None).await
+        Self::start_inner(1, stores, None).await
     }
 
     /// Like [`Cluster::start`], with every storage node reading `store_config`
     /// (TOML) through `--config`; the harness's flags still set the addresses
     /// and data directory.
     pub async fn start_with_store_config(stores: usize, store_config: &str) -> Result<Self> {
-        Self::start_inner(stores, Some(store_config)).await
+        Self::start_inner(1, stores, Some(store_config)).await
     }
 
-    async fn start_inner(stores: usize, store_config: Option<&str>) -> Result<Self> {
+    /// `placements` placement members forming one replicated group (fault
+    /// injection enabled), then `stores` storage nodes.
+    pub async fn start_replicated(
+        placements: usize,
+        stores: usize,
+        store_config: Option<&str>,
+    ) -> Result<Self> {
+        Self::start_inner(placements, stores, store_config).await
+    }
+
+    async fn start_inner(
+        placements: usize,
+        stores: usize,
+        store_config: Option<&str>,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let store_config = match store_config {
             Some(text) => {
@@ -215,28 +251,52 @@ impl Cluster {
             }
             None => None,
         };
-        let pd_addr = format!("127.0.0.1:{}", free_port()?);
-        let placement = Process::new(
-            "placement",
-            binary("placement")?,
-            vec![
+        let pd_addrs: Vec<String> = (0..placements)
+            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<_>>()?;
+        let initial_cluster = pd_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("{}=http://{addr}", placement_name(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, addr) in pd_addrs.iter().enumerate() {
+            let mut args = vec![
+                "--name".into(),
+                placement_name(i),
                 "--data-dir".into(),
-                dir.path().join("placement").display().to_string(),
+                dir.path().join(placement_name(i)).display().to_string(),
                 "--listen-addr".into(),
-                pd_addr.clone(),
-            ],
-            dir.path().join("placement.log"),
-        );
+                addr.clone(),
+            ];
+            if placements > 1 {
+                args.extend([
+                    "--initial-cluster".into(),
+                    initial_cluster.clone(),
+                    "--allow-fault-injection".into(),
+                ]);
+            }
+            members.push(Process::new(
+                &placement_name(i),
+                binary("placement")?,
+                args,
+                dir.path().join(format!("{}.log", placement_name(i))),
+            ));
+        }
         let mut cluster = Cluster {
             dir,
-            placement,
-            pd_addr,
+            placements: members,
+            pd_addr: pd_addrs[0].clone(),
+            pd_addrs,
             stores: Vec::new(),
             store_addrs: Vec::new(),
             store_status_addrs: Vec::new(),
             store_config,
         };
-        cluster.placement.start()?;
+        for member in &mut cluster.placements {
+            member.start()?;
+        }
         cluster.wait_placement().await?;
         for _ in 0..stores {
             cluster.add_store().await?;
@@ -245,12 +305,101 @@ impl Cluster {
     }
 
     pub fn pd_endpoints(&self) -> Vec<String> {
-        vec![self.pd_addr.clone()]
+        self.pd_addrs.clone()
     }
 
+    /// Waits until every running member serves HTTP and one of them leads.
     pub async fn wait_placement(&mut self) -> Result<()> {
-        let addr = self.pd_addr.clone();
-        wait_serving(&mut self.placement, &addr, "/pd/api/v1/health").await
+        for i in 0..self.placements.len() {
+            if self.placements[i].is_running() {
+                let addr = self.pd_addrs[i].clone();
+                wait_serving(&mut self.placements[i], &addr, "/pd/api/v1/health").await?;
+            }
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.placement_leader().await.is_none() {
+            if Instant::now() > deadline {
+                bail!("no placement leader after {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Index of the member that currently serves as leader, asking each
+    /// running member (`/pd/api/v1/leader` answers on any member).
+    pub async fn placement_leader(&mut self) -> Option<usize> {
+        for i in 0..self.placements.len() {
+            if !self.placements[i].is_running() {
+                continue;
+            }
+            let Ok((200, body)) = http_get(&self.pd_addrs[i], "/pd/api/v1/leader").await else {
+                continue;
+            };
+            let leader = self
+                .pd_addrs
+                .iter()
+                .position(|addr| body.contains(&format!("http://{addr}\"")));
+            // Only trust a leader that itself serves the cluster state.
+            if let Some(l) = leader {
+                if matches!(http_get(&self.pd_addrs[l], "/pd/api/v1/cluster").await, Ok((200, _))) {
+                    return Some(l);
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts one more placement member that joins the running group.
+    pub async fn add_placement_member(&mut self) -> Result<usize> {
+        let i = self.placements.len();
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let args = vec![
+            "--name".into(),
+            placement_name(i),
+            "--data-dir".into(),
+            self.dir.path().join(placement_name(i)).display().to_string(),
+            "--listen-addr".into(),
+            addr.clone(),
+            "--join".into(),
+            self.pd_addrs.join(","),
+            "--allow-fault-injection".into(),
+        ];
+        let mut member = Process::new(
+            &placement_name(i),
+            binary("placement")?,
+            args,
+            self.dir.path().join(format!("{}.log", placement_name(i))),
+        );
+        member.start()?;
+        self.placements.push(member);
+        self.pd_addrs.push(addr.clone());
+        wait_serving(&mut self.placements[i], &addr, "/pd/api/v1/health").await?;
+        Ok(i)
+    }
+
+    /// SIGKILL of placement member `i`.
+    pub fn kill_placement_member(&mut self, i: usize) -> Result<()> {
+        self.placements[i].kill9()
+    }
+
+    /// Restarts member `i` on its address and data, waiting until it serves.
+    pub async fn restart_placement_member(&mut self, i: usize) -> Result<()> {
+        self.placements[i].start()?;
+        let addr = self.pd_addrs[i].clone();
+        wait_serving(&mut self.placements[i], &addr, "/pd/api/v1/health").await
+    }
+
+    /// Cuts member `i` off from (or reconnects it to) the other members.
+    pub async fn isolate_placement_member(&self, i: usize, isolated: bool) -> Result<()> {
+        let body = format!("{{\"isolated\":{isolated}}}");
+        let (code, text) =
+            http_request_with_body(&self.pd_addrs[i], "POST", "/pd/api/v1/debug/isolate", &body)
+                .await?;
+        if code != 200 {
+            bail!("isolating {}: {code} {text}", placement_name(i));
+        }
+        Ok(())
     }
 
     /// Starts one more storage node and waits until it is registered.
@@ -275,7 +424,7 @@ impl Cluster {
             "--status-addr".into(),
             status.clone(),
             "--pd".into(),
-            self.pd_addr.clone(),
+            self.pd_addrs.join(","),
         ]);
         let mut p = Process::new(
             &format!("store-{i}"),
@@ -305,12 +454,21 @@ impl Cluster {
         self.wait_store(i).await
     }
 
+    /// SIGKILL of every placement member.
     pub fn kill_placement(&mut self) -> Result<()> {
-        self.placement.kill9()
+        for member in &mut self.placements {
+            member.kill9()?;
+        }
+        Ok(())
     }
 
+    /// Restarts every stopped placement member and waits for a leader.
     pub async fn restart_placement(&mut self) -> Result<()> {
-        self.placement.start()?;
+        for member in &mut self.placements {
+            if !member.is_running() {
+                member.start()?;
+            }
+        }
         self.wait_placement().await
     }
 

@@ -103,7 +103,7 @@ async fn still_serving(cluster: &mut Cluster, raw: &RawClient, step: &str) -> Re
         "storage node died after {step}"
     );
     assert!(
-        cluster.placement.is_running(),
+        cluster.placements[0].is_running(),
         "placement died after {step}"
     );
     let key = format!("alive/{step}").into_bytes();
@@ -756,7 +756,7 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() -> Result<()> {
         .await
         .context("garbage bytes")?;
     for (name, log) in [
-        ("placement", cluster.placement.log()),
+        ("placement", cluster.placements[0].log()),
         ("store", cluster.stores[0].log()),
     ] {
         assert!(!log.contains("panicked"), "{name} panicked:\n{log}");
@@ -776,7 +776,7 @@ async fn bad_input_to_an_api_v2_cluster_gets_clear_errors() -> Result<()> {
         .await
         .context("API V2 requests on the wire")?;
     for (name, log) in [
-        ("placement", cluster.placement.log()),
+        ("placement", cluster.placements[0].log()),
         ("store", cluster.stores[0].log()),
     ] {
         assert!(!log.contains("panicked"), "{name} panicked:\n{log}");

@@ -202,6 +202,7 @@ pub async fn tikv_stub(addr: &str) -> Result<TikvClient<Channel>> {
     Ok(TikvClient::new(channel(addr).await?).max_decoding_message_size(64 * 1024 * 1024))
 }
 
+/// A pdpb stub on the placement leader (found through any member).
 pub async fn pd_stub(cluster: &Cluster) -> Result<(PdClient<Channel>, pdpb::RequestHeader)> {
     let mut pd = PdClient::new(channel(&cluster.pd_addr).await?);
     let members = pd
@@ -211,6 +212,14 @@ pub async fn pd_stub(cluster: &Cluster) -> Result<(PdClient<Channel>, pdpb::Requ
     let cluster_id = members.header.map(|h| h.cluster_id).unwrap_or_default();
     if cluster_id == 0 {
         bail!("placement GetMembers returned no cluster id");
+    }
+    let leader_url = members
+        .leader
+        .and_then(|l| l.client_urls.into_iter().next())
+        .context("placement has no leader")?;
+    let leader_addr = leader_url.trim_start_matches("http://");
+    if leader_addr != cluster.pd_addr {
+        pd = PdClient::new(channel(leader_addr).await?);
     }
     let header = pdpb::RequestHeader {
         cluster_id,

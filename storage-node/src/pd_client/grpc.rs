@@ -61,14 +61,19 @@ async fn connect_leader(endpoints: &[String]) -> PdResult<(PdStub<Channel>, u64)
             }
         };
         let cluster_id = members.header.as_ref().map_or(0, |h| h.cluster_id);
-        let leader_urls = members.leader.map(|l| l.client_urls).unwrap_or_default();
-        for url in &leader_urls {
-            if let Ok(leader) = connect_endpoint(url).await {
-                return Ok((leader, cluster_id));
+        // A replicated placement answers from any member but only the leader
+        // serves; while it is electing one (or has not created the cluster
+        // id yet) there is nothing to connect to.
+        let Some(leader) = members.leader.filter(|_| cluster_id != 0) else {
+            last_error = format!("{ep}: placement has no leader yet");
+            continue;
+        };
+        for url in &leader.client_urls {
+            match connect_endpoint(url).await {
+                Ok(stub) => return Ok((stub, cluster_id)),
+                Err(e) => last_error = format!("leader {url}: {e}"),
             }
         }
-        // No usable leader URL advertised: the endpoint itself answered, use it.
-        return Ok((stub, cluster_id));
     }
     Err(PdError::Unreachable {
         endpoints: endpoints.to_vec(),
