@@ -7,32 +7,60 @@ use tonic::transport::Channel;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Placement (PD) endpoint.
-    #[arg(long, env = "SHALE_PD", default_value = "127.0.0.1:2379")]
-    pd: String,
+    /// Placement (PD) endpoints, comma separated.
+    #[arg(
+        long,
+        env = "SHALE_PD",
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pd: Vec<String>,
 }
 
-async fn connect(pd: &str) -> Result<(PdClient<Channel>, Option<pdpb::RequestHeader>)> {
-    let url = if pd.contains("://") {
-        pd.to_string()
+fn url_of(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
     } else {
-        format!("http://{pd}")
-    };
-    let mut client = PdClient::connect(url)
-        .await
-        .with_context(|| format!("connecting to {pd}"))?;
-    let members = client
-        .get_members(pdpb::GetMembersRequest::default())
-        .await?
-        .into_inner();
-    let cluster_id = members.header.map_or(0, |h| h.cluster_id);
-    Ok((
-        client,
-        Some(pdpb::RequestHeader {
-            cluster_id,
-            sender_id: 0,
-        }),
-    ))
+        format!("http://{endpoint}")
+    }
+}
+
+/// Connects to the placement leader, found through any of `endpoints`.
+async fn connect(endpoints: &[String]) -> Result<(PdClient<Channel>, Option<pdpb::RequestHeader>)> {
+    let mut last_error = anyhow::anyhow!("no placement endpoint given");
+    for endpoint in endpoints {
+        let mut client = match PdClient::connect(url_of(endpoint)).await {
+            Ok(client) => client,
+            Err(e) => {
+                last_error = anyhow::Error::new(e).context(format!("connecting to {endpoint}"));
+                continue;
+            }
+        };
+        let members = match client.get_members(pdpb::GetMembersRequest::default()).await {
+            Ok(resp) => resp.into_inner(),
+            Err(e) => {
+                last_error =
+                    anyhow::Error::new(e).context(format!("asking {endpoint} for members"));
+                continue;
+            }
+        };
+        let cluster_id = members.header.map_or(0, |h| h.cluster_id);
+        let leader = members
+            .leader
+            .and_then(|l| l.client_urls.into_iter().next())
+            .with_context(|| format!("{endpoint}: placement has no leader right now"))?;
+        let client = PdClient::connect(leader.clone())
+            .await
+            .with_context(|| format!("connecting to the placement leader {leader}"))?;
+        return Ok((
+            client,
+            Some(pdpb::RequestHeader {
+                cluster_id,
+                sender_id: 0,
+            }),
+        ));
+    }
+    Err(last_error)
 }
 
 pub async fn stores(args: Args) -> Result<()> {

@@ -7,14 +7,15 @@ use tikv_client::{Config, RawClient, TransactionClient};
 
 #[derive(ClapArgs, Debug)]
 pub struct Endpoint {
-    /// Placement (PD) endpoint.
+    /// Placement (PD) endpoints, comma separated.
     #[arg(
         long,
         env = "SHALE_PD",
         default_value = "127.0.0.1:2379",
+        value_delimiter = ',',
         global = true
     )]
-    pub pd: String,
+    pub pd: Vec<String>,
     /// Use API V2 with the DEFAULT keyspace.
     #[arg(long, global = true)]
     pub keyspace: bool,
@@ -88,9 +89,9 @@ fn show(value: Option<Vec<u8>>) {
 }
 
 pub async fn raw(args: RawArgs) -> Result<()> {
-    let client = RawClient::new_with_config(vec![args.endpoint.pd.clone()], args.endpoint.config())
+    let client = RawClient::new_with_config(args.endpoint.pd.clone(), args.endpoint.config())
         .await
-        .with_context(|| format!("connecting to {}", args.endpoint.pd))?;
+        .with_context(|| format!("connecting to {}", args.endpoint.pd.join(",")))?;
     match args.op {
         RawOp::Get { key } => show(client.get(key).await?),
         RawOp::Put { key, value } => {
@@ -131,9 +132,9 @@ pub async fn raw(args: RawArgs) -> Result<()> {
 
 pub async fn txn(args: TxnArgs) -> Result<()> {
     let client =
-        TransactionClient::new_with_config(vec![args.endpoint.pd.clone()], args.endpoint.config())
+        TransactionClient::new_with_config(args.endpoint.pd.clone(), args.endpoint.config())
             .await
-            .with_context(|| format!("connecting to {}", args.endpoint.pd))?;
+            .with_context(|| format!("connecting to {}", args.endpoint.pd.join(",")))?;
     let mut txn = client.begin_optimistic().await?;
     match args.op {
         TxnOp::Get { key } => {

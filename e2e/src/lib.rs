@@ -342,7 +342,10 @@ impl Cluster {
                 .position(|addr| body.contains(&format!("http://{addr}\"")));
             // Only trust a leader that itself serves the cluster state.
             if let Some(l) = leader {
-                if matches!(http_get(&self.pd_addrs[l], "/pd/api/v1/cluster").await, Ok((200, _))) {
+                if matches!(
+                    http_get(&self.pd_addrs[l], "/pd/api/v1/cluster").await,
+                    Ok((200, _))
+                ) {
                     return Some(l);
                 }
             }
@@ -358,7 +361,11 @@ impl Cluster {
             "--name".into(),
             placement_name(i),
             "--data-dir".into(),
-            self.dir.path().join(placement_name(i)).display().to_string(),
+            self.dir
+                .path()
+                .join(placement_name(i))
+                .display()
+                .to_string(),
             "--listen-addr".into(),
             addr.clone(),
             "--join".into(),

@@ -21,11 +21,14 @@ const STORE_CONFIG: &str = "heartbeat-interval-ms = 500\n";
 /// Every client call gets this long before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A write the cluster acknowledged: key, value, when.
+type Acked = (Vec<u8>, Vec<u8>, Instant);
+
 /// Concurrent transactional writers and a timestamp reader, recording what
 /// was acknowledged and when.
 struct Load {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>, Instant)>>>,
+    acked: Arc<Mutex<Vec<Acked>>>,
     timestamps: Arc<Mutex<Vec<(u64, Instant)>>>,
     errors: Arc<Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -126,12 +129,12 @@ impl Load {
 }
 
 struct LoadResult {
-    acked: Vec<(Vec<u8>, Vec<u8>, Instant)>,
+    acked: Vec<Acked>,
     timestamps: Vec<(u64, Instant)>,
     errors: Vec<String>,
 }
 
-async fn check_all_readable(client: &TransactionClient, acked: &[(Vec<u8>, Vec<u8>, Instant)]) -> Result<()> {
+async fn check_all_readable(client: &TransactionClient, acked: &[Acked]) -> Result<()> {
     for (key, value, _) in acked {
         let got = read(client, key).await?;
         ensure!(
@@ -205,22 +208,32 @@ async fn killing_the_placement_leader_loses_nothing() -> Result<()> {
         result.timestamps.len(),
         result.errors.len()
     );
-    ensure!(result.timestamps.iter().any(|(_, at)| *at > killed_at), "no timestamp after failover");
+    ensure!(
+        result.timestamps.iter().any(|(_, at)| *at > killed_at),
+        "no timestamp after failover"
+    );
     check_all_readable(&client, &result.acked).await?;
 
     // The storage node heartbeats to the new leader.
     let new_addr = cluster.pd_addrs[new].clone();
     let before = region_heartbeats(&new_addr).await?;
-    eventually(Duration::from_secs(20), "region heartbeats reach the new leader", || {
-        let addr = new_addr.clone();
-        async move { Ok(region_heartbeats(&addr).await? > before) }
-    })
+    eventually(
+        Duration::from_secs(20),
+        "region heartbeats reach the new leader",
+        || {
+            let addr = new_addr.clone();
+            async move { Ok(region_heartbeats(&addr).await? > before) }
+        },
+    )
     .await?;
 
     // The killed member comes back as a follower and catches up.
     cluster.restart_placement_member(old).await?;
     let (code, body) = http_get(&cluster.pd_addrs[old], "/pd/api/v1/members").await?;
-    ensure!(code == 200 && body.matches("\"name\"").count() >= 3, "members: {body}");
+    ensure!(
+        code == 200 && body.matches("\"name\"").count() >= 3,
+        "members: {body}"
+    );
     eventually(Duration::from_secs(20), "restarted member healthy", || {
         let addr = cluster.pd_addrs[new].clone();
         async move {
@@ -243,7 +256,10 @@ async fn member_tso(addr: &str, cluster_id: u64) -> Result<u64> {
         count: 1,
         dc_location: String::new(),
     };
-    let mut stream = pd.tso(tokio_stream::iter(vec![request])).await?.into_inner();
+    let mut stream = pd
+        .tso(tokio_stream::iter(vec![request]))
+        .await?
+        .into_inner();
     let response = stream.message().await?.context("no tso response")?;
     let ts = response.timestamp.context("no timestamp")?;
     Ok(((ts.physical as u64) << 18) | ts.logical as u64)
@@ -268,13 +284,19 @@ async fn an_isolated_placement_member_serves_no_timestamps() -> Result<()> {
     let isolated_at = Instant::now();
     cluster.isolate_placement_member(old, true).await?;
     let new = wait_for_new_leader(&mut cluster, old).await?;
-    eprintln!("isolated placement leader replaced after {:?}", isolated_at.elapsed());
+    eprintln!(
+        "isolated placement leader replaced after {:?}",
+        isolated_at.elapsed()
+    );
     ensure!(
         member_tso(&cluster.pd_addrs[old], cid).await.is_err(),
         "the isolated member still hands out timestamps"
     );
     let after = member_tso(&cluster.pd_addrs[new], cid).await?;
-    ensure!(after > before, "majority's timestamp {after} not above {before}");
+    ensure!(
+        after > before,
+        "majority's timestamp {after} not above {before}"
+    );
     let target = load.acked_count() + 20;
     eventually(Duration::from_secs(60), "majority keeps serving", || {
         let n = load.acked_count();
@@ -284,13 +306,17 @@ async fn an_isolated_placement_member_serves_no_timestamps() -> Result<()> {
 
     // Healing: one leader again, the old one follows.
     cluster.isolate_placement_member(old, false).await?;
-    eventually(Duration::from_secs(30), "healed group has one leader", || {
-        let addr = cluster.pd_addrs[old].clone();
-        async move {
-            let (code, body) = http_get(&addr, "/pd/api/v1/leader").await?;
-            Ok(code == 200 && !body.contains(&addr))
-        }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "healed group has one leader",
+        || {
+            let addr = cluster.pd_addrs[old].clone();
+            async move {
+                let (code, body) = http_get(&addr, "/pd/api/v1/leader").await?;
+                Ok(code == 200 && !body.contains(&addr))
+            }
+        },
+    )
     .await?;
     let result = load.stop().await?;
     check_all_readable(&client, &result.acked).await?;
@@ -304,13 +330,18 @@ async fn restarting_every_placement_member_keeps_the_cluster() -> Result<()> {
     let logs = cluster.logs_on_failure();
     let client = txn_client(&cluster, Api::V1).await?;
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..20)
-        .map(|i| (format!("restart/{i:02}").into_bytes(), format!("v{i}").into_bytes()))
+        .map(|i| {
+            (
+                format!("restart/{i:02}").into_bytes(),
+                format!("v{i}").into_bytes(),
+            )
+        })
         .collect();
     commit_puts(&client, &pairs).await?;
     let safe_point = client.current_timestamp().await?.version() - 1;
     let (mut pd, header) = common::pd_stub(&cluster).await?;
     pd.update_gc_safe_point(pdpb::UpdateGcSafePointRequest {
-        header: Some(header.clone()),
+        header: Some(header),
         safe_point,
     })
     .await?;
@@ -322,14 +353,32 @@ async fn restarting_every_placement_member_keeps_the_cluster() -> Result<()> {
     cluster.restart_placement().await?;
 
     let (_, header_after) = common::pd_stub(&cluster).await?;
-    ensure!(header_after.cluster_id == header.cluster_id, "cluster id changed");
-    ensure!(common::gc_safe_point(&cluster).await? == safe_point, "safe point lost");
-    ensure!(common::store_id(&cluster, 0).await? == stores_before, "store changed");
-    ensure!(common::regions(&cluster).await? == regions_before, "regions changed");
+    ensure!(
+        header_after.cluster_id == header.cluster_id,
+        "cluster id changed"
+    );
+    ensure!(
+        common::gc_safe_point(&cluster).await? == safe_point,
+        "safe point lost"
+    );
+    ensure!(
+        common::store_id(&cluster, 0).await? == stores_before,
+        "store changed"
+    );
+    ensure!(
+        common::regions(&cluster).await? == regions_before,
+        "regions changed"
+    );
     let client = txn_client(&cluster, Api::V1).await?;
-    ensure!(client.current_timestamp().await?.version() > last_ts, "tso went back");
+    ensure!(
+        client.current_timestamp().await?.version() > last_ts,
+        "tso went back"
+    );
     for (key, value) in &pairs {
-        ensure!(read(&client, key).await?.as_ref() == Some(value), "data lost");
+        ensure!(
+            read(&client, key).await?.as_ref() == Some(value),
+            "data lost"
+        );
     }
     logs.disarm();
     Ok(())
@@ -354,9 +403,12 @@ async fn placement_members_join_and_leave_while_clients_run() -> Result<()> {
     let at_join = load.acked_count();
 
     // Remove an original member (possibly the leader) through a follower or the leader.
-    let (code, body) =
-        shale_e2e::http_request(&cluster.pd_addrs[new], "DELETE", "/pd/api/v1/members/name/pd-0")
-            .await?;
+    let (code, body) = shale_e2e::http_request(
+        &cluster.pd_addrs[new],
+        "DELETE",
+        "/pd/api/v1/members/name/pd-0",
+    )
+    .await?;
     ensure!(code == 200 || code == 307, "delete member: {code} {body}");
     if code == 307 {
         let leader = cluster.placement_leader().await.context("leader")?;

@@ -155,7 +155,12 @@ pub struct Cli {
     #[arg(long, value_name = "LIST", env = "PLACEMENT_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Join a running group through these member URLs (comma-separated)
-    #[arg(long, value_name = "URLS", env = "PLACEMENT_JOIN", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "URLS",
+        env = "PLACEMENT_JOIN",
+        value_delimiter = ','
+    )]
     pub join: Option<Vec<String>>,
     /// Allow tests to cut this member off from its peers over HTTP
     #[arg(long, hide = true)]
@@ -289,13 +294,22 @@ mod tests {
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("pd-9"), "{err}");
         config.name = "pd-1".into();
-        for bad in ["pd-1", "pd-1=", "pd-1=a:2379,pd-1=b:2379", "pd-1=https://a:1", "=a:1"] {
+        for bad in [
+            "pd-1",
+            "pd-1=",
+            "pd-1=a:2379,pd-1=b:2379",
+            "pd-1=https://a:1",
+            "=a:1",
+        ] {
             config.initial_cluster = Some(bad.into());
             assert!(config.validate().is_err(), "{bad} accepted");
         }
         config.initial_cluster = Some("pd-1=a:2379".into());
         config.join = vec!["a:2379".into()];
-        assert!(config.validate().is_err(), "initial-cluster with join accepted");
+        assert!(
+            config.validate().is_err(),
+            "initial-cluster with join accepted"
+        );
         config.initial_cluster = None;
         config.validate().unwrap();
         config.join = vec!["no port".into()];

@@ -148,7 +148,9 @@ async fn followers_name_the_leader_and_refuse_to_serve() {
     assert_eq!(named.name, members[leader].name);
 
     let status = follower_client
-        .alloc_id(pdpb::AllocIdRequest { header: header(cid) })
+        .alloc_id(pdpb::AllocIdRequest {
+            header: header(cid),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
@@ -169,20 +171,27 @@ async fn followers_name_the_leader_and_refuse_to_serve() {
         resp.headers()["location"].to_str().unwrap(),
         format!("{}/pd/api/v1/stores", members[leader].url())
     );
-    let stores: serde_json::Value = reqwest::get(format!("{}/pd/api/v1/stores", members[follower].url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stores: serde_json::Value =
+        reqwest::get(format!("{}/pd/api/v1/stores", members[follower].url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(stores["count"], 0);
-    let health: serde_json::Value = reqwest::get(format!("{}/pd/api/v1/health", members[follower].url()))
-        .await
+    let health: serde_json::Value =
+        reqwest::get(format!("{}/pd/api/v1/health", members[follower].url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let healthy = health
+        .as_array()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let healthy = health.as_array().unwrap().iter().filter(|m| m["health"] == true).count();
+        .iter()
+        .filter(|m| m["health"] == true)
+        .count();
     assert_eq!(healthy, 3, "{health}");
     shutdown_all(servers).await;
 }
@@ -228,14 +237,20 @@ async fn leader_loss_keeps_metadata_and_timestamps_move_forward() {
     let refs: Vec<&PlacementServer> = servers.iter().collect();
     let new_leader = wait_for_leader(&refs).await;
     let failover = stopped_at.elapsed();
-    assert!(failover < Duration::from_secs(10), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
     let new_url = servers[new_leader].client_url().to_string();
     assert_ne!(new_url, members[lost_member].url());
 
     let mut c = client(&new_url).await;
     assert_eq!(servers[new_leader].cluster_id(), cid);
     let ts = one_tso(&mut c, cid).await.unwrap();
-    assert!(ts > last_ts, "new leader's timestamp {ts} not above {last_ts}");
+    assert!(
+        ts > last_ts,
+        "new leader's timestamp {ts} not above {last_ts}"
+    );
     let id = alloc_id(&mut c, cid).await;
     assert!(ids_before.iter().all(|&old| id > old), "id {id} reused");
     let store = c
@@ -258,7 +273,9 @@ async fn leader_loss_keeps_metadata_and_timestamps_move_forward() {
         .into_inner();
     assert_eq!(region.region.unwrap().id, boot.region.id);
     let sp = c
-        .get_gc_safe_point(pdpb::GetGcSafePointRequest { header: header(cid) })
+        .get_gc_safe_point(pdpb::GetGcSafePointRequest {
+            header: header(cid),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -291,7 +308,9 @@ async fn restarting_every_member_keeps_the_cluster() {
     assert_eq!(servers[leader].cluster_id(), cid);
     let mut c = client(&members[leader].url()).await;
     let resp = c
-        .is_bootstrapped(pdpb::IsBootstrappedRequest { header: header(cid) })
+        .is_bootstrapped(pdpb::IsBootstrappedRequest {
+            header: header(cid),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -307,7 +326,9 @@ async fn restarting_every_member_keeps_the_cluster() {
         .into_inner();
     assert_eq!(region.region.unwrap(), boot.region);
     let sp = c
-        .get_gc_safe_point(pdpb::GetGcSafePointRequest { header: header(cid) })
+        .get_gc_safe_point(pdpb::GetGcSafePointRequest {
+            header: header(cid),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -340,7 +361,10 @@ async fn wait_for_members(url: &str, expected: &[&str]) {
         if names == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "members {names:?}, expected {expected:?}");
+        assert!(
+            Instant::now() < deadline,
+            "members {names:?}, expected {expected:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -379,7 +403,10 @@ async fn members_join_and_leave_through_the_http_api() {
     assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
     wait_for_members(&members[0].url(), &["pd-0", "pd-1"]).await;
     let resp = http
-        .delete(format!("{}/pd/api/v1/members/name/nobody", members[0].url()))
+        .delete(format!(
+            "{}/pd/api/v1/members/name/nobody",
+            members[0].url()
+        ))
         .send()
         .await
         .unwrap();
@@ -437,7 +464,10 @@ async fn an_isolated_leader_stops_serving_timestamps() {
     let ts = one_tso(&mut new_client, cid).await.unwrap();
     assert!(ts > last_ts);
     last_ts = ts;
-    assert!(one_tso(&mut old_client, cid).await.is_err(), "isolated member served a timestamp");
+    assert!(
+        one_tso(&mut old_client, cid).await.is_err(),
+        "isolated member served a timestamp"
+    );
 
     isolate(old, false).await;
     let leader = wait_for_leader(&refs).await;

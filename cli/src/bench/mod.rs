@@ -3,6 +3,7 @@
 //! writes the same values straight into RocksDB with the same fsync policy.
 
 mod runner;
+mod tso;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,18 @@ pub struct Args {
     /// Scratch directory (a temporary one by default).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// What to measure: `kv` (raw and transactional workloads against a
+    /// RocksDB baseline), `tso` (timestamps from 1 vs 3 placement members),
+    /// or `all`.
+    #[arg(long, value_enum, default_value_t = Suite::Kv)]
+    suite: Suite,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Suite {
+    Kv,
+    Tso,
+    All,
 }
 
 fn key(prefix: &str, client: usize, seq: u64) -> Vec<u8> {
@@ -80,17 +93,28 @@ pub async fn run(args: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| scratch.path().to_path_buf());
     let duration = Duration::from_secs_f64(args.seconds);
+    if matches!(args.suite, Suite::Kv | Suite::All) {
+        run_kv(&args, &root, duration).await?;
+    }
+    if matches!(args.suite, Suite::Tso | Suite::All) {
+        tso::run(&args.clients, &root.join("tso"), duration).await?;
+    }
+    Ok(())
+}
+
+async fn run_kv(args: &Args, root: &std::path::Path, duration: Duration) -> Result<()> {
     let value = Arc::new(vec![b'v'; args.value_size]);
 
     let pg = Playground::start(&playground::Args {
         data_dir: root.join("cluster"),
         pd_addr: "127.0.0.1:0".into(),
+        placements: 1,
         store_addr: "127.0.0.1:0".into(),
         status_addr: String::new(),
         api_version: 1,
     })
     .await?;
-    let pd = vec![pg.pd_endpoint()];
+    let pd = pg.pd_endpoints();
     println!(
         "shale bench: {}-byte values, {:.1}s per measurement, fsync on every acknowledged write",
         args.value_size, args.seconds
@@ -158,7 +182,7 @@ pub async fn run(args: Args) -> Result<()> {
         .load(std::sync::atomic::Ordering::Relaxed);
     pg.shutdown().await;
 
-    let baseline = baseline_rows(&root.join("baseline"), &args, duration, &value).await?;
+    let baseline = baseline_rows(&root.join("baseline"), args, duration, &value).await?;
     let base_for = |r: &Row| {
         let name = if r.workload == "raw get" {
             "rocksdb get"

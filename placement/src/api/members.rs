@@ -156,9 +156,7 @@ pub async fn remove(
 fn membership_error(e: MembershipError) -> ApiError {
     let status = match e {
         MembershipError::UnknownMember(_) => StatusCode::NOT_FOUND,
-        MembershipError::NameTaken { .. } | MembershipError::LastMember(_) => {
-            StatusCode::CONFLICT
-        }
+        MembershipError::NameTaken { .. } | MembershipError::LastMember(_) => StatusCode::CONFLICT,
         MembershipError::NotLeader => StatusCode::SERVICE_UNAVAILABLE,
         MembershipError::Raft(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -182,7 +180,10 @@ pub async fn isolate(
             "fault injection is not enabled on this member",
         ));
     }
-    tracing::warn!(isolated = request.isolated, "fault injection: raft isolation");
+    tracing::warn!(
+        isolated = request.isolated,
+        "fault injection: raft isolation"
+    );
     state.raft.faults().set_isolated(request.isolated);
     Ok(StatusCode::OK)
 }

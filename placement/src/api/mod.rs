@@ -69,11 +69,7 @@ impl FromRequestParts<Arc<ServerState>> for Leader {
                     Some(pq) => format!("{url}{pq}"),
                     None => url,
                 };
-                Err((
-                    StatusCode::TEMPORARY_REDIRECT,
-                    [(header::LOCATION, target)],
-                )
-                    .into_response())
+                Err((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response())
             }
             _ => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

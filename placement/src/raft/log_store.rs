@@ -35,7 +35,11 @@ impl LogStore {
         self.db.get(CF_RAFT, key)?.map(|v| decode(&v)).transpose()
     }
 
-    async fn put_meta_synced<T: serde::Serialize>(&self, key: &'static [u8], value: &T) -> io::Result<()> {
+    async fn put_meta_synced<T: serde::Serialize>(
+        &self,
+        key: &'static [u8],
+        value: &T,
+    ) -> io::Result<()> {
         let bytes = encode(value)?;
         self.db
             .blocking(move |db| {
@@ -109,7 +113,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged: Option<LogId> = self.read_meta(LAST_PURGED)?;
         let last = self.last_entry()?.map(|e| e.log_id());
         Ok(LogState {
-            last_log_id: last.or_else(|| last_purged.clone()),
+            last_log_id: last.or(last_purged),
             last_purged_log_id: last_purged,
         })
     }

@@ -108,19 +108,16 @@ pub enum MembershipError {
     Raft(String),
 }
 
-fn raft_err<E: fmt::Display>(e: openraft::errors::RaftError<super::types::TypeConfig, E>) -> MembershipError
-where
-    E: std::error::Error,
-{
+fn raft_err(
+    e: openraft::errors::RaftError<
+        super::types::TypeConfig,
+        openraft::errors::ClientWriteError<super::types::TypeConfig>,
+    >,
+) -> MembershipError {
     match e {
-        openraft::errors::RaftError::APIError(api) => {
-            let message = api.to_string();
-            if message.contains("forward") || message.contains("leader") {
-                MembershipError::NotLeader
-            } else {
-                MembershipError::Raft(message)
-            }
-        }
+        openraft::errors::RaftError::APIError(
+            openraft::errors::ClientWriteError::ForwardToLeader(_),
+        ) => MembershipError::NotLeader,
         other => MembershipError::Raft(other.to_string()),
     }
 }
@@ -196,7 +193,11 @@ impl PlacementRaft {
 
 /// Asks a running group (any of `urls`; followers redirect to the leader)
 /// to add this member, retrying until it is in.
-pub async fn join(placement: &PlacementRaft, urls: &[String], give_up_after: Duration) -> Result<(), String> {
+pub async fn join(
+    placement: &PlacementRaft,
+    urls: &[String],
+    give_up_after: Duration,
+) -> Result<(), String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()

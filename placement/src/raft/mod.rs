@@ -35,8 +35,8 @@ use faults::Faults;
 pub use members::InitialCluster;
 use network::PeerNetwork;
 use state_machine::MetaStateMachine;
-pub use types::{node_id_of, NodeId, PlacementNode, Raft};
 use types::MetaCommand;
+pub use types::{node_id_of, NodeId, PlacementNode, Raft};
 
 /// Raft timing. Elections start after 1-2 s without a leader, so a lost
 /// leader is replaced in a few seconds, as with PD.

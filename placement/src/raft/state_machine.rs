@@ -13,9 +13,7 @@ use rocksdb::{IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use super::db::{io_err, RaftDb, CF_APPLY, CF_META};
-use super::types::{
-    decode, encode, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
-};
+use super::types::{decode, encode, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::meta::{MetaOp, Records};
 
 const APPLIED: &[u8] = b"applied";
@@ -40,7 +38,11 @@ impl MetaStateMachine {
     }
 
     fn applied_state_sync(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let applied = self.db.get(CF_APPLY, APPLIED)?.map(|v| decode(&v)).transpose()?;
+        let applied = self
+            .db
+            .get(CF_APPLY, APPLIED)?
+            .map(|v| decode(&v))
+            .transpose()?;
         let membership = self
             .db
             .get(CF_APPLY, MEMBERSHIP)?
@@ -144,7 +146,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                     }
                 }
                 EntryPayload::Membership(membership) => {
-                    let stored = StoredMembership::new(Some(log_id.clone()), membership.clone());
+                    let stored = StoredMembership::new(Some(log_id), membership.clone());
                     batch.put_cf(apply_cf, MEMBERSHIP, encode(&stored)?);
                 }
             }

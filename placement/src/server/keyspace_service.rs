@@ -26,7 +26,7 @@ impl Keyspace for KeyspaceService {
     ) -> Result<Response<keyspacepb::LoadKeyspaceResponse>, Status> {
         let req = request.into_inner();
         self.state
-            .reply("LoadKeyspace", req.header.clone(), move |leader| async move {
+            .reply("LoadKeyspace", req.header, move |leader| async move {
                 Ok(keyspacepb::LoadKeyspaceResponse {
                     keyspace: Some(leader.cluster.load_keyspace(&req.name)?),
                     ..Default::default()

@@ -103,12 +103,13 @@ impl ServerState {
 
     /// Every member of the group and the current leader, as pdpb members.
     pub fn members(&self) -> (Vec<pdpb::Member>, Option<pdpb::Member>) {
-        let members = self
+        let mut members: Vec<pdpb::Member> = self
             .raft
             .members()
             .into_iter()
             .map(|(id, node, _)| MemberInfo::from_node(id, &node).to_proto())
             .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
         let leader = self
             .raft
             .leader()
@@ -287,7 +288,10 @@ fn formation(config: &Config, me: &PlacementNode) -> Result<(Formation, Placemen
     if !config.join.is_empty() {
         return Ok((Formation::Join(config.join.clone()), me.clone()));
     }
-    Ok((Formation::Initial(InitialCluster::single(me.clone())), me.clone()))
+    Ok((
+        Formation::Initial(InitialCluster::single(me.clone())),
+        me.clone(),
+    ))
 }
 
 /// Opens the data directory, binds the listen address, starts this

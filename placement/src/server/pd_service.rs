@@ -71,8 +71,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::BootstrapResponse> {
         let req = request.into_inner();
         self.state
-            .reply("Bootstrap", req.header.clone(), move |leader| async move {
-                leader.cluster
+            .reply("Bootstrap", req.header, move |leader| async move {
+                leader
+                    .cluster
                     .bootstrap(req.store.clone(), req.region.clone())
                     .await?;
                 Ok(pdpb::BootstrapResponse::default())
@@ -86,7 +87,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::IsBootstrappedResponse> {
         let req = request.into_inner();
         self.state
-            .reply("IsBootstrapped", req.header.clone(), move |leader| async move {
+            .reply("IsBootstrapped", req.header, move |leader| async move {
                 Ok(pdpb::IsBootstrappedResponse {
                     bootstrapped: leader.cluster.is_bootstrapped(),
                     ..Default::default()
@@ -101,7 +102,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::AllocIdResponse> {
         let req = request.into_inner();
         self.state
-            .reply("AllocID", req.header.clone(), move |leader| async move {
+            .reply("AllocID", req.header, move |leader| async move {
                 Ok(pdpb::AllocIdResponse {
                     id: leader.cluster.alloc_id().await?,
                     ..Default::default()
@@ -116,7 +117,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetStoreResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetStore", req.header.clone(), move |leader| async move {
+            .reply("GetStore", req.header, move |leader| async move {
                 let store = leader.cluster.get_store(req.store_id)?;
                 Ok(pdpb::GetStoreResponse {
                     store: Some(store.meta),
@@ -133,7 +134,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::PutStoreResponse> {
         let req = request.into_inner();
         self.state
-            .reply("PutStore", req.header.clone(), move |leader| async move {
+            .reply("PutStore", req.header, move |leader| async move {
                 leader.cluster.put_store(req.store.clone()).await?;
                 Ok(pdpb::PutStoreResponse::default())
             })
@@ -146,9 +147,8 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetAllStoresResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetAllStores", req.header.clone(), move |leader| async move {
-                let stores = leader.cluster
-                    .all_stores(req.exclude_tombstone_stores)?;
+            .reply("GetAllStores", req.header, move |leader| async move {
+                let stores = leader.cluster.all_stores(req.exclude_tombstone_stores)?;
                 Ok(pdpb::GetAllStoresResponse {
                     stores: stores.into_iter().map(|s| s.meta).collect(),
                     ..Default::default()
@@ -163,7 +163,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::StoreHeartbeatResponse> {
         let req = request.into_inner();
         self.state
-            .reply("StoreHeartbeat", req.header.clone(), move |leader| async move {
+            .reply("StoreHeartbeat", req.header, move |leader| async move {
                 leader.cluster.store_heartbeat(req.stats.clone())?;
                 Ok(pdpb::StoreHeartbeatResponse::default())
             })
@@ -193,7 +193,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetRegionResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetRegion", req.header.clone(), move |leader| async move {
+            .reply("GetRegion", req.header, move |leader| async move {
                 Ok(region_response(
                     leader.cluster.region_by_key(&req.region_key)?,
                 ))
@@ -207,7 +207,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetRegionResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetPrevRegion", req.header.clone(), move |leader| async move {
+            .reply("GetPrevRegion", req.header, move |leader| async move {
                 Ok(region_response(
                     leader.cluster.prev_region(&req.region_key)?,
                 ))
@@ -221,10 +221,8 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetRegionResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetRegionByID", req.header.clone(), move |leader| async move {
-                Ok(region_response(
-                    leader.cluster.region_by_id(req.region_id)?,
-                ))
+            .reply("GetRegionByID", req.header, move |leader| async move {
+                Ok(region_response(leader.cluster.region_by_id(req.region_id)?))
             })
             .await
     }
@@ -235,11 +233,11 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::ScanRegionsResponse> {
         let req = request.into_inner();
         self.state
-            .reply("ScanRegions", req.header.clone(), move |leader| async move {
+            .reply("ScanRegions", req.header, move |leader| async move {
                 let limit = usize::try_from(req.limit.max(0)).unwrap_or(0);
-                let regions =
-                    leader.cluster
-                        .scan_regions(&req.start_key, &req.end_key, limit)?;
+                let regions = leader
+                    .cluster
+                    .scan_regions(&req.start_key, &req.end_key, limit)?;
                 let mut response = pdpb::ScanRegionsResponse::default();
                 for region in regions {
                     response.region_metas.push(region.meta.clone());
@@ -258,8 +256,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::AskBatchSplitResponse> {
         let req = request.into_inner();
         self.state
-            .reply("AskBatchSplit", req.header.clone(), move |leader| async move {
-                let ids = leader.cluster
+            .reply("AskBatchSplit", req.header, move |leader| async move {
+                let ids = leader
+                    .cluster
                     .ask_batch_split(req.region.as_ref(), req.split_count)
                     .await?;
                 Ok(pdpb::AskBatchSplitResponse {
@@ -276,7 +275,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::ReportBatchSplitResponse> {
         let req = request.into_inner();
         self.state
-            .reply("ReportBatchSplit", req.header.clone(), move |leader| async move {
+            .reply("ReportBatchSplit", req.header, move |leader| async move {
                 leader.cluster.report_batch_split(&req.regions).await?;
                 Ok(pdpb::ReportBatchSplitResponse::default())
             })
@@ -289,7 +288,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetClusterConfigResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetClusterConfig", req.header.clone(), move |leader| async move {
+            .reply("GetClusterConfig", req.header, move |leader| async move {
                 Ok(pdpb::GetClusterConfigResponse {
                     cluster: Some(leader.cluster.cluster_config()?),
                     ..Default::default()
@@ -304,7 +303,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::GetGcSafePointResponse> {
         let req = request.into_inner();
         self.state
-            .reply("GetGCSafePoint", req.header.clone(), move |leader| async move {
+            .reply("GetGCSafePoint", req.header, move |leader| async move {
                 Ok(pdpb::GetGcSafePointResponse {
                     safe_point: leader.cluster.gc_safe_point()?,
                     ..Default::default()
@@ -319,11 +318,9 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::UpdateGcSafePointResponse> {
         let req = request.into_inner();
         self.state
-            .reply("UpdateGCSafePoint", req.header.clone(), move |leader| async move {
+            .reply("UpdateGCSafePoint", req.header, move |leader| async move {
                 Ok(pdpb::UpdateGcSafePointResponse {
-                    new_safe_point: leader.cluster
-                        .update_gc_safe_point(req.safe_point)
-                        .await?,
+                    new_safe_point: leader.cluster.update_gc_safe_point(req.safe_point).await?,
                     ..Default::default()
                 })
             })
@@ -336,17 +333,22 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::UpdateServiceGcSafePointResponse> {
         let req = request.into_inner();
         self.state
-            .reply("UpdateServiceGCSafePoint", req.header.clone(), move |leader| async move {
-                let min = leader.cluster
-                    .update_service_gc_safe_point(&req.service_id, req.ttl, req.safe_point)
-                    .await?;
-                Ok(pdpb::UpdateServiceGcSafePointResponse {
-                    service_id: min.service_id,
-                    ttl: min.ttl,
-                    min_safe_point: min.safe_point,
-                    ..Default::default()
-                })
-            })
+            .reply(
+                "UpdateServiceGCSafePoint",
+                req.header,
+                move |leader| async move {
+                    let min = leader
+                        .cluster
+                        .update_service_gc_safe_point(&req.service_id, req.ttl, req.safe_point)
+                        .await?;
+                    Ok(pdpb::UpdateServiceGcSafePointResponse {
+                        service_id: min.service_id,
+                        ttl: min.ttl,
+                        min_safe_point: min.safe_point,
+                        ..Default::default()
+                    })
+                },
+            )
             .await
     }
 
@@ -356,7 +358,7 @@ impl Pd for PdService {
     ) -> GrpcResult<pdpb::SplitRegionsResponse> {
         let req = request.into_inner();
         self.state
-            .reply("SplitRegions", req.header.clone(), move |_leader| async move {
+            .reply("SplitRegions", req.header, move |_leader| async move {
                 Err::<pdpb::SplitRegionsResponse, _>(PdError::Other(
                     "SplitRegions is not supported by placement yet; use the storage node's SplitRegion RPC".into(),
                 ))

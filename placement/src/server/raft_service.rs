@@ -41,9 +41,8 @@ impl RaftService {
         }
         let req: Req = decode(&request.into_inner().data)
             .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))?;
-        let result: RemoteResult<Resp> = run(self.raft.clone(), req)
-            .await
-            .map_err(|e| e.to_string());
+        let result: RemoteResult<Resp> =
+            run(self.raft.clone(), req).await.map_err(|e| e.to_string());
         let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(RaftPayload { data }))
     }
@@ -62,16 +61,21 @@ impl PlacementRaftRpc for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.handle(request, |raft, req| async move { raft.raft().vote(req).await })
-            .await
+        self.handle(
+            request,
+            |raft, req| async move { raft.raft().vote(req).await },
+        )
+        .await
     }
 
     async fn pre_vote(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.handle(request, |raft, req| async move { raft.raft().pre_vote(req).await })
-            .await
+        self.handle(request, |raft, req| async move {
+            raft.raft().pre_vote(req).await
+        })
+        .await
     }
 
     async fn install_snapshot(
