@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building Shale needs on Debian/Ubuntu: a C/C++ toolchain and
 # libclang (RocksDB is C++ and its Rust bindings are generated with bindgen),
-# and a Rust toolchain if none is present. Safe to run repeatedly.
+# python3-venv (the Helm chart check), and a Rust toolchain if none is
+# present. Safe to run repeatedly.
 set -euo pipefail
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 need_pkgs=()
-for pkg in build-essential clang libclang-dev pkg-config; do
+for pkg in build-essential clang libclang-dev pkg-config python3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -17,7 +18,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
 else
-  say "System packages already installed (build-essential, clang, libclang-dev, pkg-config)"
+  say "System packages already installed (build-essential, clang, libclang-dev, pkg-config, python3-venv)"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check a change must pass: formatting, clippy, unit and
-# integration tests, and the end-to-end tests on real processes.
+# integration tests, the end-to-end tests on real processes, and the Helm
+# chart (rendered, linted and validated against the Kubernetes schemas).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -16,3 +17,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 say "Running unit, integration and end-to-end tests"
 cargo test --workspace -- --test-threads=2
+
+say "Checking the Helm chart (Helm lint and render, Kubernetes schemas)"
+scripts/check-chart.sh

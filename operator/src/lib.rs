@@ -1,44 +1,29 @@
-//! The Shale operator: reconciles `TiKVCluster` resources into placement and
-//! storage StatefulSets. This crate grows into the kube-rs controller; the
-//! naming rules below are shared by the builders and the placement peer list.
+//! The Shale operator: reconciles `TiKVCluster` resources into a placement
+//! StatefulSet and a storage StatefulSet, and drives scale-in and rolling
+//! upgrades through placement's HTTP API.
+//!
+//! The pipeline (`controller`) reads what exists, validates the spec, decides
+//! the next step (`rollout`: `scale` and `upgrade`, pure), builds the desired
+//! objects (`builders`, pure), applies them server-side, asks placement to act
+//! and writes status (`status`).
 
-/// Stable DNS name of pod `ordinal` of a component's StatefulSet, reached
-/// through its headless Service.
-pub fn pod_dns_name(cluster: &str, component: &str, ordinal: u32, namespace: &str) -> String {
-    format!("{cluster}-{component}-{ordinal}.{cluster}-{component}-peer.{namespace}.svc")
-}
-
-/// The `--initial-cluster` list placement replicas start from.
-pub fn placement_initial_cluster(
-    cluster: &str,
-    namespace: &str,
-    replicas: u32,
-    peer_port: u16,
-) -> String {
-    (0..replicas)
-        .map(|i| {
-            let host = pod_dns_name(cluster, "placement", i, namespace);
-            format!("{cluster}-placement-{i}=http://{host}:{peer_port}")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub mod builders;
+pub mod controller;
+pub mod error;
+pub mod lease;
+pub mod metrics;
+pub mod naming;
+pub mod observed;
+pub mod placement_api;
+pub mod rollout;
+pub mod scale;
+pub mod status;
+pub mod upgrade;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod fixtures;
+#[cfg(test)]
+mod mock_api;
 
-    #[test]
-    fn names_are_stable_and_ordered() {
-        assert_eq!(
-            pod_dns_name("basic", "storage", 2, "db"),
-            "basic-storage-2.basic-storage-peer.db.svc"
-        );
-        let list = placement_initial_cluster("basic", "db", 2, 2380);
-        assert_eq!(
-            list,
-            "basic-placement-0=http://basic-placement-0.basic-placement-peer.db.svc:2380,\
-             basic-placement-1=http://basic-placement-1.basic-placement-peer.db.svc:2380"
-        );
-    }
-}
+pub use controller::{run, Config, Context};
+pub use error::{Error, Result};
