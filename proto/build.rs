@@ -10,6 +10,7 @@ const FILES: &[&str] = &[
     "tikvpb.proto",
     "keyspacepb.proto",
     "raftpb.proto",
+    "storeraftpb.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -702,3 +702,70 @@ async fn raw_v2_scan_with_a_spare_limit_returns_each_key_once() -> Result<()> {
     logs.disarm();
     Ok(())
 }
+
+/// The SplitRegion RPC splits through the Region's Raft group: placement
+/// learns the new Regions and clients keep working across them.
+#[tokio::test(flavor = "multi_thread")]
+async fn split_region_rpc_splits_the_region() -> Result<()> {
+    let cluster = start_cluster(Api::V1, "").await?;
+    let logs = cluster.logs_on_failure();
+    let raw = raw_client(&cluster, Api::V1).await?;
+    for key in ["a", "m", "n", "t", "z"] {
+        raw.put(k(key), k(key)).await?;
+    }
+    let mut t = Target::new(&cluster, Api::V1).await?;
+    t.route(KeyMode::Raw, b"m").await?;
+    let before = t.region.clone();
+    let resp = t
+        .stub
+        .split_region(kvrpcpb::SplitRegionRequest {
+            context: Some(t.ctx()),
+            split_keys: vec![k("t"), k("m")],
+            is_raw_kv: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(resp.region_error.is_none(), "{:?}", resp.region_error);
+    let starts: Vec<Vec<u8>> = resp.regions.iter().map(|r| r.start_key.clone()).collect();
+    ensure!(
+        starts.contains(&k("m")) && starts.contains(&k("t")),
+        "{starts:?}"
+    );
+    ensure!(resp.regions.len() == 3, "{:?}", resp.regions);
+    let placement_starts: Vec<Vec<u8>> = regions(&cluster)
+        .await?
+        .iter()
+        .map(|r| r.start_key.clone())
+        .collect();
+    ensure!(
+        placement_starts.contains(&k("t")),
+        "placement: {placement_starts:?}"
+    );
+
+    // The old epoch is refused; a key outside the Region is a bad request.
+    let stale = t
+        .stub
+        .split_region(kvrpcpb::SplitRegionRequest {
+            context: Some(kvrpcpb::Context {
+                region_epoch: before.region_epoch,
+                ..t.ctx()
+            }),
+            split_keys: vec![k("q")],
+            is_raw_kv: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(stale.region_error.is_some(), "stale epoch accepted");
+
+    for key in ["a", "m", "n", "t", "z"] {
+        ensure!(
+            raw.get(k(key)).await?.as_deref() == Some(key.as_bytes()),
+            "{key}"
+        );
+    }
+    raw.put(k("p"), k("p")).await?;
+    logs.disarm();
+    Ok(())
+}

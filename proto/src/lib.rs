@@ -10,4 +10,14 @@ macro_rules! include_package {
     };
 }
 
-include_package!(metapb, errorpb, eraftpb, kvrpcpb, pdpb, tikvpb, keyspacepb, raftpb);
+include_package!(
+    metapb,
+    errorpb,
+    eraftpb,
+    kvrpcpb,
+    pdpb,
+    tikvpb,
+    keyspacepb,
+    raftpb,
+    storeraftpb
+);

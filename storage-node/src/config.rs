@@ -34,6 +34,22 @@ pub struct Config {
     /// 1 (raw keys as given, no keyspaces) or 2 (keyspace-prefixed keys). One
     /// cluster serves one version, so the two key layouts never mix.
     pub api_version: u8,
+    /// Split a Region holding more keys than this (TiKV's
+    /// `region-split-keys`).
+    pub region_split_keys: u64,
+    /// Split a Region holding more bytes than this (TiKV's
+    /// `region-split-size`).
+    pub region_split_size: u64,
+    /// How often Regions this store leads are checked for splitting.
+    pub split_check_interval_ms: u64,
+    /// Raft heartbeat interval of Region groups.
+    pub raft_heartbeat_interval_ms: u64,
+    /// Followers start an election after this long (up to twice it)
+    /// without hearing from the leader.
+    pub raft_election_timeout_ms: u64,
+    /// Serves `POST /debug/transport` on the status port, which cuts or
+    /// slows this store's Raft traffic (for tests on real processes).
+    pub allow_fault_injection: bool,
 }
 
 impl Default for Config {
@@ -50,6 +66,12 @@ impl Default for Config {
             pd_connect_timeout_ms: 60_000,
             max_value_size: 8 * 1024 * 1024,
             api_version: 1,
+            region_split_keys: 960_000,
+            region_split_size: 96 * 1024 * 1024,
+            split_check_interval_ms: 10_000,
+            raft_heartbeat_interval_ms: 250,
+            raft_election_timeout_ms: 1_500,
+            allow_fault_injection: false,
         }
     }
 }
@@ -96,6 +118,21 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "api_version must be 1 or 2, not {}",
                 self.api_version
+            )));
+        }
+        if self.region_split_keys == 0 || self.region_split_size == 0 {
+            return Err(ConfigError::Invalid(
+                "region-split-keys and region-split-size must be positive".into(),
+            ));
+        }
+        if self.split_check_interval_ms == 0 || self.raft_heartbeat_interval_ms == 0 {
+            return Err(ConfigError::Invalid("intervals must be positive".into()));
+        }
+        if self.raft_election_timeout_ms < 3 * self.raft_heartbeat_interval_ms {
+            return Err(ConfigError::Invalid(format!(
+                "raft-election-timeout-ms ({}) must be at least 3 heartbeats ({} ms)",
+                self.raft_election_timeout_ms,
+                3 * self.raft_heartbeat_interval_ms
             )));
         }
         if self.max_value_size == 0 {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod engine;
 pub mod keys;
 pub mod pd_client;
+pub mod raftstore;
 pub mod region;
 pub mod server;
 pub mod storage;

@@ -9,12 +9,12 @@ mod local;
 mod rocks;
 
 pub use local::LocalKv;
-pub use rocks::{RocksEngine, RocksIterator, RocksSnapshot, WriteStats};
+pub use rocks::{EngineBatch, MetaWrite, RocksEngine, RocksIterator, RocksSnapshot, WriteStats};
 
 use std::future::Future;
 
 /// Column families that hold user data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CfName {
     /// Values (`key+start_ts -> value` for transactions, raw values for the Raw API).
     Default,
@@ -38,7 +38,7 @@ impl CfName {
 
 /// One change in a write batch. Keys are data keys (as the storage layer sees
 /// them); the engine adds its own prefix to keep them apart from local metadata.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Modify {
     Put(CfName, Vec<u8>, Vec<u8>),
     Delete(CfName, Vec<u8>),
@@ -76,6 +76,10 @@ pub enum EngineError {
     Closed,
     #[error("write task failed: {0}")]
     Task(String),
+    /// The Region cannot take this request here (not leader, epoch changed,
+    /// ...): the client retries elsewhere, guided by the error.
+    #[error("region error: {}", .0.message)]
+    Region(Box<shale_proto::errorpb::Error>),
 }
 
 pub type EngineResult<T> = Result<T, EngineError>;

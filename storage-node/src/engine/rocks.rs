@@ -46,8 +46,28 @@ pub struct WriteStats {
     pub acknowledged_batches: AtomicU64,
 }
 
+/// A change to local metadata (the `raft` column family: Raft logs and
+/// state, Region state), written in the same batch as data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaWrite {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    /// Deletes `[start, end)`.
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
+/// One atomic write: data changes and metadata changes together.
+#[derive(Clone, Debug, Default)]
+pub struct EngineBatch {
+    pub data: Vec<Modify>,
+    pub meta: Vec<MetaWrite>,
+    /// Must be durable before the write is acknowledged (Raft log appends,
+    /// votes). Applies of committed entries need not be: their log is.
+    pub sync: bool,
+}
+
 struct WriteRequest {
-    batch: Vec<Modify>,
+    batch: EngineBatch,
     done: oneshot::Sender<EngineResult<()>>,
 }
 
@@ -94,11 +114,28 @@ impl RocksEngine {
 
     /// Applies `batch` atomically; resolves once it is durable (if syncing).
     pub async fn write(&self, batch: Vec<Modify>) -> EngineResult<()> {
+        self.write_batch(EngineBatch {
+            data: batch,
+            meta: Vec::new(),
+            sync: true,
+        })
+        .await
+    }
+
+    /// Applies data and metadata changes atomically, merged with concurrent
+    /// writers into one RocksDB write; one fsync covers every batch of the
+    /// group that asked for it (group commit across Regions).
+    pub async fn write_batch(&self, batch: EngineBatch) -> EngineResult<()> {
         let (done, rx) = oneshot::channel();
         self.writer
             .send(WriteRequest { batch, done })
             .map_err(|_| EngineError::Closed)?;
         rx.await.map_err(|_| EngineError::Closed)?
+    }
+
+    /// Reads a data key from the latest state (not a snapshot).
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
     }
 
     /// Reads local metadata (store identity, Region state).
@@ -173,8 +210,6 @@ impl RocksEngine {
 }
 
 fn write_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteRequest>, sync: bool, stats: Arc<WriteStats>) {
-    let mut wo = WriteOptions::default();
-    wo.set_sync(sync);
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -183,11 +218,19 @@ fn write_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteRequest>, sync: bool, stats: 
                 Err(_) => break,
             }
         }
+        // RocksDB's WAL is replayed as a prefix after a crash, so one synced
+        // write makes everything written before it durable too.
+        let synced = sync && group.iter().any(|r| r.batch.sync);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(synced);
         let result = build_batch(&db, &group).and_then(|wb| Ok(db.write_opt(wb, &wo)?));
-        stats.synced_writes.fetch_add(1, Ordering::Relaxed);
-        stats
-            .acknowledged_batches
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        if synced {
+            stats.synced_writes.fetch_add(1, Ordering::Relaxed);
+            stats.acknowledged_batches.fetch_add(
+                group.iter().filter(|r| r.batch.sync).count() as u64,
+                Ordering::Relaxed,
+            );
+        }
         for req in group {
             let reply = match &result {
                 Ok(()) => Ok(()),
@@ -201,8 +244,18 @@ fn write_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteRequest>, sync: bool, stats: 
 
 fn build_batch(db: &DB, group: &[WriteRequest]) -> EngineResult<WriteBatch> {
     let mut wb = WriteBatch::default();
+    let meta_cf = db
+        .cf_handle(META_CF)
+        .ok_or(EngineError::MissingCf(META_CF))?;
     for req in group {
-        for m in &req.batch {
+        for m in &req.batch.meta {
+            match m {
+                MetaWrite::Put(k, v) => wb.put_cf(meta_cf, k, v),
+                MetaWrite::Delete(k) => wb.delete_cf(meta_cf, k),
+                MetaWrite::DeleteRange(s, e) => wb.delete_range_cf(meta_cf, s, e),
+            }
+        }
+        for m in &req.batch.data {
             match m {
                 Modify::Put(cf, k, v) => wb.put_cf(cf_handle(db, *cf)?, data_key(k), v),
                 Modify::Delete(cf, k) => wb.delete_cf(cf_handle(db, *cf)?, data_key(k)),
@@ -239,6 +292,17 @@ impl RocksSnapshot {
             )
         };
         RocksSnapshot { snap, db }
+    }
+}
+
+impl RocksSnapshot {
+    /// Reads local metadata (the `raft` column family) as of this snapshot.
+    pub fn get_meta(&self, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
+        let cf = self
+            .db
+            .cf_handle(META_CF)
+            .ok_or(EngineError::MissingCf(META_CF))?;
+        Ok(self.snap.get_cf(cf, key)?)
     }
 }
 

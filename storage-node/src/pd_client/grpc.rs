@@ -21,6 +21,8 @@ pub struct GrpcPdClient {
     stub: Mutex<PdStub<Channel>>,
     /// Sender into the current RegionHeartbeat stream, created lazily.
     heartbeats: Mutex<Option<mpsc::Sender<pdpb::RegionHeartbeatRequest>>>,
+    /// Where scheduling commands from placement are forwarded.
+    commands: Mutex<Option<mpsc::UnboundedSender<pdpb::RegionHeartbeatResponse>>>,
 }
 
 fn with_scheme(addr: &str) -> String {
@@ -103,6 +105,7 @@ impl GrpcPdClient {
                         cluster_id,
                         stub: Mutex::new(stub),
                         heartbeats: Mutex::new(None),
+                        commands: Mutex::new(None),
                     })
                 }
                 Err(e) if started.elapsed() >= deadline => return Err(e),
@@ -158,14 +161,29 @@ impl GrpcPdClient {
         }
         let (tx, rx) = mpsc::channel(256);
         let mut stub = self.stub();
+        let commands = self.commands.lock().clone();
         tokio::spawn(async move {
             let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
             match stub.region_heartbeat(outbound).await {
                 Ok(resp) => {
                     let mut inbound = resp.into_inner();
-                    // Scheduling commands arrive here; this store has none to act on yet.
                     while let Ok(Some(cmd)) = inbound.message().await {
-                        tracing::debug!(region_id = cmd.region_id, "placement command ignored");
+                        let is_command = cmd.change_peer.is_some()
+                            || cmd.change_peer_v2.is_some()
+                            || cmd.transfer_leader.is_some()
+                            || cmd.split_region.is_some();
+                        if !is_command {
+                            continue;
+                        }
+                        match &commands {
+                            Some(sink) => {
+                                let _ = sink.send(cmd);
+                            }
+                            None => tracing::debug!(
+                                region_id = cmd.region_id,
+                                "placement command with no one to run it"
+                            ),
+                        }
                     }
                 }
                 Err(e) => tracing::warn!("region heartbeat stream failed: {e}"),
@@ -301,6 +319,27 @@ impl PdClient for GrpcPdClient {
             })
             .await?;
         check_header(resp.header.as_ref())
+    }
+
+    async fn get_store(&self, store_id: u64) -> PdResult<metapb::Store> {
+        let header = self.header();
+        let resp = self
+            .call(|mut s| async move {
+                s.get_store(pdpb::GetStoreRequest { header, store_id })
+                    .await
+            })
+            .await?;
+        check_header(resp.header.as_ref())?;
+        resp.store.ok_or(PdError::Server {
+            kind: pdpb::ErrorType::Unknown,
+            message: format!("placement knows no store {store_id}"),
+        })
+    }
+
+    fn set_command_sink(&self, sink: mpsc::UnboundedSender<pdpb::RegionHeartbeatResponse>) {
+        *self.commands.lock() = Some(sink);
+        // The next heartbeat opens a stream that forwards to the new sink.
+        self.heartbeats.lock().take();
     }
 
     async fn gc_safe_point(&self) -> PdResult<u64> {

@@ -73,4 +73,11 @@ pub trait PdClient: Send + Sync + 'static {
         regions: Vec<metapb::Region>,
     ) -> impl Future<Output = PdResult<()>> + Send;
     fn gc_safe_point(&self) -> impl Future<Output = PdResult<u64>> + Send;
+    /// A store's registration (its address, for Raft traffic).
+    fn get_store(&self, store_id: u64) -> impl Future<Output = PdResult<metapb::Store>> + Send;
+    /// Where scheduling commands arriving on the RegionHeartbeat stream go.
+    fn set_command_sink(
+        &self,
+        sink: tokio::sync::mpsc::UnboundedSender<pdpb::RegionHeartbeatResponse>,
+    );
 }

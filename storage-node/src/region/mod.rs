@@ -17,11 +17,11 @@ use parking_lot::RwLock;
 use prost::Message;
 use shale_proto::{errorpb, metapb};
 
-use crate::engine::{EngineError, RocksEngine};
+use crate::engine::{EngineError, MetaWrite, RocksEngine};
 
 const REGION_META_PREFIX: &[u8] = b"\x01region\x00";
 
-fn region_meta_key(region_id: u64) -> Vec<u8> {
+pub fn region_meta_key(region_id: u64) -> Vec<u8> {
     let mut k = REGION_META_PREFIX.to_vec();
     k.extend_from_slice(&region_id.to_be_bytes());
     k
@@ -83,6 +83,28 @@ impl RegionRegistry {
             map.insert(r.id, r);
         }
         Ok(())
+    }
+
+    /// The metadata write that persists `region`, for callers that write it
+    /// atomically with other changes (a Raft apply) and then call
+    /// [`RegionRegistry::set_in_memory`].
+    pub fn meta_write(region: &metapb::Region) -> MetaWrite {
+        MetaWrite::Put(region_meta_key(region.id), region.encode_to_vec())
+    }
+
+    /// The metadata write that forgets a Region.
+    pub fn meta_delete(region_id: u64) -> MetaWrite {
+        MetaWrite::Delete(region_meta_key(region_id))
+    }
+
+    /// Serves `region` as already persisted by the caller.
+    pub fn set_in_memory(&self, region: metapb::Region) {
+        self.regions.write().insert(region.id, region);
+    }
+
+    /// Stops serving a Region whose metadata the caller already deleted.
+    pub fn forget_in_memory(&self, region_id: u64) {
+        self.regions.write().remove(&region_id);
     }
 
     /// Stops serving a Region and forgets it (e.g. a bootstrap that lost a race).

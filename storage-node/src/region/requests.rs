@@ -103,3 +103,26 @@ scoped!(kvrpcpb::DeleteRangeRequest, Txn, |r| scan(
     false
 ));
 scoped!(kvrpcpb::GcRequest, Txn, |_r| ScopeKeys::None);
+
+/// SplitRegion names its split keys: raw keys as given, transactional keys
+/// in client form (encoded by the check).
+impl RegionRequest for kvrpcpb::SplitRegionRequest {
+    fn context(&self) -> Option<&kvrpcpb::Context> {
+        self.context.as_ref()
+    }
+    fn key_mode(&self) -> KeyMode {
+        if self.is_raw_kv {
+            KeyMode::Raw
+        } else {
+            KeyMode::Txn
+        }
+    }
+    #[allow(deprecated)]
+    fn scope(&self) -> ScopeKeys<'_> {
+        let mut keys: Vec<&[u8]> = self.split_keys.iter().map(Vec::as_slice).collect();
+        if !self.split_key.is_empty() {
+            keys.push(&self.split_key);
+        }
+        ScopeKeys::Keys(keys)
+    }
+}

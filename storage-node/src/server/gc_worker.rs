@@ -51,11 +51,19 @@ impl<E: Engine, P: PdClient> GcWorker<E, P> {
                 conf_ver: region.region_epoch.as_ref().map_or(0, |e| e.conf_ver),
                 version: region.region_epoch.as_ref().map_or(0, |e| e.version),
             };
-            let stats = self
+            // Only a Region's leader collects (through Raft); replicas here
+            // that do not lead answer with a Region error and are skipped.
+            match self
                 .storage
                 .gc(&ctx, safe_point, &region.start_key, &region.end_key)
-                .await?;
-            tracing::info!(region_id = region.id, safe_point, ?stats, "gc done");
+                .await
+            {
+                Ok(stats) => tracing::info!(region_id = region.id, safe_point, ?stats, "gc done"),
+                Err(crate::storage::StorageError::Engine(crate::engine::EngineError::Region(
+                    _,
+                ))) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! Periodic reports to placement: store statistics and one heartbeat per
-//! Region this store leads (every Region, while there is no replication).
+//! Region this store leads.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,9 +9,11 @@ use tokio::sync::watch;
 
 use crate::engine::RocksEngine;
 use crate::pd_client::PdClient;
+use crate::raftstore::Router;
 use crate::region::RegionRegistry;
 
 pub struct Heartbeats<P> {
+    pub router: Arc<Router>,
     pub pd: Arc<P>,
     pub regions: RegionRegistry,
     pub rocks: RocksEngine,
@@ -63,12 +65,16 @@ impl<P: PdClient> Heartbeats<P> {
     }
 
     async fn report_regions(&self) -> Result<(), crate::pd_client::PdError> {
-        for region in self.regions.all() {
-            let leader = self.regions.local_peer(&region);
+        for peer in self.router.peers() {
+            if !peer.is_leader() {
+                continue;
+            }
+            let region = peer.region();
+            let leader = region.peers.iter().find(|p| p.id == peer.peer_id).cloned();
             let req = pdpb::RegionHeartbeatRequest {
                 region: Some(region),
                 leader,
-                term: 1,
+                term: peer.term(),
                 ..Default::default()
             };
             self.pd.region_heartbeat(req).await?;

@@ -25,8 +25,11 @@ use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
 
 use crate::config::{Config, ConfigError};
-use crate::engine::{EngineError, LocalKv, RocksEngine};
+use crate::engine::{EngineError, RocksEngine};
 use crate::pd_client::{GrpcPdClient, PdClient, PdError};
+use crate::raftstore::split::{run_split_checker, SplitConfig};
+use crate::raftstore::transport::{Transport, TransportConfig};
+use crate::raftstore::{CachedResolver, RaftKv, Router, RouterDispatch, StoreContext};
 use crate::region::{RegionError, RegionRegistry};
 use crate::storage::{Storage, StorageConfig};
 
@@ -47,6 +50,8 @@ pub enum NodeError {
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
     Region(#[from] RegionError),
+    #[error("raft: {0}")]
+    Raft(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -60,6 +65,8 @@ pub struct StorageNode {
     status_addr: Option<SocketAddr>,
     ident: StoreIdent,
     rocks: RocksEngine,
+    router: Arc<Router>,
+    transport: Arc<Transport>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -86,12 +93,24 @@ impl StorageNode {
         self.rocks.stats()
     }
 
-    /// Stops accepting requests, lets in-flight ones finish, stops the loops.
+    /// The store's Region replicas (tests inspect leadership).
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The store-to-store transport (tests inject faults through it).
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, stops the loops
+    /// and the Region replicas.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        self.router.shutdown().await;
     }
 }
 
@@ -137,22 +156,51 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         ..Default::default()
     };
     bootstrap::ensure_cluster_bootstrapped(&*pd, &regions, store.clone()).await?;
-    pd.put_store(store).await?;
+
+    // Region replicas: Raft over the store-to-store transport.
+    let transport = Transport::new(ident.store_id, TransportConfig::default());
+    let lookup_pd = pd.clone();
+    let resolver = CachedResolver::new(Arc::new(move |store_id| {
+        let pd = lookup_pd.clone();
+        Box::pin(async move {
+            pd.get_store(store_id)
+                .await
+                .map(|s| s.address)
+                .map_err(|e| e.to_string())
+        })
+    }));
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Arc::new(StoreContext {
+        store_id: ident.store_id,
+        engine: rocks.clone(),
+        regions: regions.clone(),
+        events: events_tx,
+        transport: transport.clone(),
+        resolver: Arc::new(resolver),
+        raft_config: raft_config(&config)?,
+    });
+    let router = Router::start(ctx).await.map_err(NodeError::Raft)?;
+    transport.set_dispatcher(Arc::new(RouterDispatch(Arc::downgrade(&router))));
+    let (commands_tx, mut commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    pd.set_command_sink(commands_tx);
+
     let api_version = if config.api_version == 2 {
-        keyspace_split::ensure_split(
-            &*pd,
-            &regions,
-            &keyspace_split::default_keyspace_boundaries(),
-        )
-        .await?;
         ApiVersion::V2
     } else {
         ApiVersion::V1
     };
-    tracing::info!(store_id = ident.store_id, %addr, regions = ?regions.ids(), "store is up");
-
+    // Before clients are served: under API V2 they must never see the
+    // keyspace ranges inside one Region.
+    if api_version == ApiVersion::V2 {
+        keyspace_split::ensure_split(
+            &*pd,
+            &router,
+            &keyspace_split::default_keyspace_boundaries(),
+        )
+        .await?;
+    }
     let storage = Storage::new(
-        LocalKv::new(rocks.clone()),
+        RaftKv::new(router.clone()),
         StorageConfig {
             max_value_size: config.max_value_size,
             ..StorageConfig::default()
@@ -161,15 +209,21 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
+    let splitter = Arc::new(crate::raftstore::split::RouterSplitter {
+        router: router.clone(),
+        pd: pd.clone(),
+    });
     let service = TikvServer::new(TikvService::new(
         storage.clone(),
         regions.clone(),
         api_version,
+        splitter,
     ))
     .accept_compressed(CompressionEncoding::Gzip)
     .send_compressed(CompressionEncoding::Gzip)
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let raft_service = transport.service();
     let mut grpc_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         // Small request/response frames must not wait for Nagle's algorithm.
@@ -184,6 +238,7 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         );
         let result = tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(raft_service)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_shutdown.changed().await;
             })
@@ -195,7 +250,10 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
 
     if let Some(listener) = status_listener {
         let mut status_shutdown = shutdown_rx.clone();
-        let app = status::router(regions.clone());
+        let app = status::router(status::StatusState {
+            router: router.clone(),
+            allow_fault_injection: config.allow_fault_injection,
+        });
         tasks.push(tokio::spawn(async move {
             let result = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -208,7 +266,39 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         }));
     }
 
+    // Placement learns this store's address only now, when it can serve
+    // other stores' Raft traffic.
+    pd.put_store(store).await?;
+    tracing::info!(store_id = ident.store_id, %addr, regions = ?regions.ids(), "store is up");
+
+    let events_router = router.clone();
+    let mut events_shutdown = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = events_router.run_events(events_rx) => {}
+            _ = events_shutdown.changed() => {}
+        }
+    }));
+    let command_router = router.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(command) = commands_rx.recv().await {
+            let router = command_router.clone();
+            tokio::spawn(async move { router.handle_command(command).await });
+        }
+    }));
+    tasks.push(tokio::spawn(run_split_checker(
+        router.clone(),
+        pd.clone(),
+        SplitConfig {
+            max_keys: config.region_split_keys,
+            max_bytes: config.region_split_size,
+            check_interval: Duration::from_millis(config.split_check_interval_ms),
+        },
+        shutdown_rx.clone(),
+    )));
+
     let heartbeats = heartbeat::Heartbeats {
+        router: router.clone(),
         pd: pd.clone(),
         regions: regions.clone(),
         rocks: rocks.clone(),
@@ -231,7 +321,26 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         status_addr,
         ident,
         rocks,
+        router,
+        transport,
         shutdown,
         tasks,
     })
+}
+
+fn raft_config(config: &Config) -> Result<Arc<openraft::Config>, NodeError> {
+    let raft = openraft::Config {
+        cluster_name: "shale-region".into(),
+        heartbeat_interval: config.raft_heartbeat_interval_ms,
+        election_timeout_min: config.raft_election_timeout_ms,
+        election_timeout_max: config.raft_election_timeout_ms * 2,
+        install_snapshot_timeout: 60_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1_000),
+        max_in_snapshot_log_to_keep: 200,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    Ok(Arc::new(raft))
 }

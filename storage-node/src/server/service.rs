@@ -9,7 +9,10 @@ use shale_proto::tikvpb::tikv_server::Tikv;
 use tonic::{Request, Response, Status};
 
 use super::metrics;
-use crate::engine::Engine;
+use std::sync::Arc;
+
+use crate::engine::{Engine, EngineError};
+use crate::raftstore::split::{SplitFailed, Splitter};
 use crate::region::{RegionRegistry, RegionRequest};
 use crate::storage::{Storage, StorageError};
 
@@ -17,14 +20,107 @@ pub struct TikvService<E: Engine> {
     storage: Storage<E>,
     regions: RegionRegistry,
     api_version: ApiVersion,
+    splitter: Arc<dyn Splitter>,
 }
 
 impl<E: Engine> TikvService<E> {
-    pub fn new(storage: Storage<E>, regions: RegionRegistry, api_version: ApiVersion) -> Self {
+    pub fn new(
+        storage: Storage<E>,
+        regions: RegionRegistry,
+        api_version: ApiVersion,
+        splitter: Arc<dyn Splitter>,
+    ) -> Self {
         TikvService {
             storage,
             regions,
             api_version,
+            splitter,
+        }
+    }
+
+    /// SplitRegion: checks the Region, maps the keys into Region space and
+    /// splits through the Region's Raft group. The deprecated single
+    /// `split_key` and `left`/`right` are still honoured for old clients.
+    #[allow(deprecated)]
+    async fn split(
+        &self,
+        req: kvrpcpb::SplitRegionRequest,
+    ) -> Result<kvrpcpb::SplitRegionResponse, Status> {
+        self.check_api_version(req.context.as_ref())?;
+        let region = match self.regions.check(&req) {
+            Ok(region) => region,
+            Err(region_error) => {
+                return Ok(kvrpcpb::SplitRegionResponse {
+                    region_error: Some(*region_error),
+                    ..Default::default()
+                })
+            }
+        };
+        let mut keys: Vec<Vec<u8>> = req
+            .split_keys
+            .iter()
+            .chain((!req.split_key.is_empty()).then_some(&req.split_key))
+            .map(|k| {
+                if req.is_raw_kv {
+                    crate::keys::raw_data_key(self.api_version, k).into_owned()
+                } else {
+                    crate::keys::txn_region_key(k)
+                }
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Err(Status::invalid_argument(
+                "SplitRegion needs at least one split key",
+            ));
+        }
+        let inside = |k: &Vec<u8>| {
+            k.as_slice() > region.start_key.as_slice()
+                && (region.end_key.is_empty() || k.as_slice() < region.end_key.as_slice())
+        };
+        if !keys.iter().all(inside) {
+            return Err(Status::invalid_argument(
+                "split keys must lie strictly inside the Region (not on its start key)",
+            ));
+        }
+        match self.splitter.split(region.id, keys).await {
+            Ok(regions) => {
+                let (left, right) = match regions.as_slice() {
+                    [l, r] => (Some(l.clone()), Some(r.clone())),
+                    _ => (None, None),
+                };
+                Ok(kvrpcpb::SplitRegionResponse {
+                    left,
+                    right,
+                    regions,
+                    ..Default::default()
+                })
+            }
+            Err(SplitFailed::NotLeader(region_id)) | Err(SplitFailed::NotFound(region_id)) => {
+                Ok(kvrpcpb::SplitRegionResponse {
+                    region_error: Some(shale_proto::errorpb::Error {
+                        message: format!("this store does not lead region {region_id}"),
+                        not_leader: Some(shale_proto::errorpb::NotLeader {
+                            region_id,
+                            leader: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }
+            Err(SplitFailed::EpochChanged { .. }) => Ok(kvrpcpb::SplitRegionResponse {
+                region_error: Some(shale_proto::errorpb::Error {
+                    message: "region changed during the split".into(),
+                    epoch_not_match: Some(shale_proto::errorpb::EpochNotMatch {
+                        current_regions: self.regions.get(region.id).into_iter().collect(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            Err(e) => Err(Status::unavailable(e.to_string())),
         }
     }
 
@@ -73,17 +169,32 @@ macro_rules! tikv_impl {
                             metrics::REGION_ERRORS.with_label_values(&[stringify!($method)]).inc();
                             Ok(<$resp>::default_with_region_error(*region_error))
                         }
-                        Ok(_) => self
-                            .storage
-                            .$method(req)
-                            .await
-                            .map_err(|e| storage_status(stringify!($method), e)),
+                        Ok(_) => match self.storage.$method(req).await {
+                            Ok(resp) => Ok(resp),
+                            // Raft said no (not leader, epoch moved, ...): the
+                            // client re-routes, guided by the Region error.
+                            Err(StorageError::Engine(EngineError::Region(region_error))) => {
+                                metrics::REGION_ERRORS.with_label_values(&[stringify!($method)]).inc();
+                                Ok(<$resp>::default_with_region_error(*region_error))
+                            }
+                            Err(e) => Err(storage_status(stringify!($method), e)),
+                        },
                         },
                     };
                     metrics::observe(stringify!($method), started, result.is_ok());
                     result.map(Response::new)
                 }
             )*
+
+            async fn split_region(
+                &self,
+                request: Request<kvrpcpb::SplitRegionRequest>,
+            ) -> Result<Response<kvrpcpb::SplitRegionResponse>, Status> {
+                let started = Instant::now();
+                let result = self.split(request.into_inner()).await;
+                metrics::observe("split_region", started, result.is_ok());
+                result.map(Response::new)
+            }
 
             /// Store-wide (not Region-scoped): the client sends it to every store.
             async fn unsafe_destroy_range(

@@ -1,0 +1,98 @@
+//! What every Region replica on a store shares.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use parking_lot::RwLock;
+use shale_proto::metapb;
+use tokio::sync::mpsc;
+
+use super::transport::Transport;
+use crate::engine::RocksEngine;
+use crate::region::RegionRegistry;
+
+/// Things a Region's apply tells the store about.
+#[derive(Debug)]
+pub enum StoreEvent {
+    /// A split created these Regions (persisted): start their replicas here.
+    /// `leader` says this store led the parent: its replicas form the new
+    /// groups at once, the others wait to be reached (one campaign per
+    /// group instead of a three-way split vote).
+    SplitApplied {
+        regions: Vec<metapb::Region>,
+        leader: bool,
+    },
+    /// This store's replica was removed from the Region: destroy it.
+    PeerRemoved { region_id: u64 },
+}
+
+/// Finds a store's address (placement knows; a cache keeps it cheap).
+pub trait StoreResolver: Send + Sync + 'static {
+    fn resolve(&self, store_id: u64) -> BoxFuture<'static, Result<String, String>>;
+}
+
+/// A resolver over a lookup function (placement's GetStore), with a cache.
+pub struct CachedResolver {
+    cache: RwLock<HashMap<u64, String>>,
+    lookup: Arc<dyn Fn(u64) -> BoxFuture<'static, Result<String, String>> + Send + Sync>,
+}
+
+impl CachedResolver {
+    pub fn new(
+        lookup: Arc<dyn Fn(u64) -> BoxFuture<'static, Result<String, String>> + Send + Sync>,
+    ) -> Arc<Self> {
+        Arc::new(CachedResolver {
+            cache: RwLock::default(),
+            lookup,
+        })
+    }
+
+    /// Forgets a store's address (after failures, it may have moved).
+    pub fn invalidate(&self, store_id: u64) {
+        self.cache.write().remove(&store_id);
+    }
+}
+
+impl StoreResolver for Arc<CachedResolver> {
+    fn resolve(&self, store_id: u64) -> BoxFuture<'static, Result<String, String>> {
+        let this = self.clone();
+        Box::pin(async move {
+            if let Some(addr) = this.cache.read().get(&store_id) {
+                return Ok(addr.clone());
+            }
+            let addr = (this.lookup)(store_id).await?;
+            this.cache.write().insert(store_id, addr.clone());
+            Ok(addr)
+        })
+    }
+}
+
+/// Raft timing for Region groups.
+#[derive(Debug, Clone)]
+pub struct RaftTiming {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_interval: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1500),
+            election_timeout_max: Duration::from_millis(3000),
+        }
+    }
+}
+
+pub struct StoreContext {
+    pub store_id: u64,
+    pub engine: RocksEngine,
+    pub regions: RegionRegistry,
+    pub events: mpsc::UnboundedSender<StoreEvent>,
+    pub transport: Arc<Transport>,
+    pub resolver: Arc<dyn StoreResolver>,
+    pub raft_config: Arc<openraft::Config>,
+}

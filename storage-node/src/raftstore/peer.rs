@@ -1,0 +1,311 @@
+//! One Region replica on this store: its openraft node, and the Region
+//! errors clients need (NotLeader with the leader, EpochNotMatch, ...).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::raft::ReadPolicy;
+use openraft::{ChangeMembers, ServerState};
+use parking_lot::RwLock;
+use prost::Message;
+use shale_proto::{errorpb, metapb};
+
+use super::context::StoreContext;
+use super::log_store::RegionLogStore;
+use super::network::RegionNetwork;
+use super::state_machine::RegionStateMachine;
+use super::types::{CommandResult, Epoch, PeerId, PeerNode, Raft, RegionCommand};
+use crate::engine::EngineError;
+
+/// How long a proposal may wait to be committed and applied.
+pub const PROPOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub struct Peer {
+    pub region_id: u64,
+    pub peer_id: PeerId,
+    raft: Raft,
+    region: Arc<RwLock<metapb::Region>>,
+}
+
+pub fn not_leader(region_id: u64, leader: Option<metapb::Peer>) -> EngineError {
+    EngineError::Region(Box::new(errorpb::Error {
+        message: format!("not leader of region {region_id}"),
+        not_leader: Some(errorpb::NotLeader { region_id, leader }),
+        ..Default::default()
+    }))
+}
+
+pub fn epoch_not_match(current: Vec<metapb::Region>) -> EngineError {
+    EngineError::Region(Box::new(errorpb::Error {
+        message: "region epoch changed".into(),
+        epoch_not_match: Some(errorpb::EpochNotMatch {
+            current_regions: current,
+        }),
+        ..Default::default()
+    }))
+}
+
+pub fn server_is_busy(reason: impl Into<String>) -> EngineError {
+    let reason = reason.into();
+    EngineError::Region(Box::new(errorpb::Error {
+        message: reason.clone(),
+        server_is_busy: Some(errorpb::ServerIsBusy {
+            reason,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }))
+}
+
+impl Peer {
+    /// Starts the replica's Raft node over its persisted state (if any).
+    pub async fn open(
+        ctx: &Arc<StoreContext>,
+        region: metapb::Region,
+        peer_id: PeerId,
+    ) -> Result<Peer, String> {
+        let region_id = region.id;
+        let shared = Arc::new(RwLock::new(region));
+        let network = RegionNetwork {
+            region_id,
+            from_peer: peer_id,
+            ctx: ctx.clone(),
+            region: shared.clone(),
+        };
+        let log_store = RegionLogStore::new(region_id, ctx.engine.clone());
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sm = RegionStateMachine::new(region_id, ctx.clone(), shared.clone(), leading.clone());
+        let raft = Raft::new(peer_id, ctx.raft_config.clone(), network, log_store, sm)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Keep the state machine's view of leadership current.
+        let mut metrics = raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                let leads = {
+                    let m = metrics.borrow_watched();
+                    m.state == ServerState::Leader && m.current_leader == Some(peer_id)
+                };
+                leading.store(leads, std::sync::atomic::Ordering::Relaxed);
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Peer {
+            region_id,
+            peer_id,
+            raft,
+            region: shared,
+        })
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn region(&self) -> metapb::Region {
+        self.region.read().clone()
+    }
+
+    /// Adopts `region` (from a split on this store, or a leader's message)
+    /// if this replica knew nothing about its range yet.
+    pub fn adopt_region_if_unknown(&self, region: &metapb::Region) {
+        let mut current = self.region.write();
+        if current.region_epoch.is_none() {
+            *current = region.clone();
+        }
+    }
+
+    /// Forms the group from the Region's peers (new Region: bootstrap or
+    /// split). A no-op if the group already has a log.
+    pub async fn initialize(&self) -> Result<(), String> {
+        let members: BTreeMap<PeerId, PeerNode> = self
+            .region
+            .read()
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    PeerNode {
+                        store_id: p.store_id,
+                    },
+                )
+            })
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.state == ServerState::Leader && m.current_leader == Some(self.peer_id)
+    }
+
+    /// The Raft term this replica is in.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// The leader as a `metapb::Peer`, when known.
+    pub fn leader(&self) -> Option<metapb::Peer> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let id = m.current_leader?;
+        let node = m.membership_config.get_node(&id)?;
+        Some(metapb::Peer {
+            id,
+            store_id: node.store_id,
+            ..Default::default()
+        })
+    }
+
+    fn epoch(&self) -> Epoch {
+        let e = self.region.read().region_epoch.unwrap_or_default();
+        Epoch {
+            conf_ver: e.conf_ver,
+            version: e.version,
+        }
+    }
+
+    fn check_version(&self, version: u64) -> Result<(), EngineError> {
+        let region = self.region();
+        if region.region_epoch.unwrap_or_default().version != version {
+            return Err(epoch_not_match(vec![region]));
+        }
+        Ok(())
+    }
+
+    /// Waits until this replica may serve a linearizable read: it leads (with
+    /// a valid lease, or confirmed by a quorum) and has applied everything
+    /// committed before the read started.
+    pub async fn read_barrier(&self, version: u64) -> Result<(), EngineError> {
+        self.check_version(version)?;
+        let lease = self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await;
+        if lease.is_err() {
+            // A leader cut off from its quorum cannot confirm itself: give
+            // up after an election timeout rather than wait forever.
+            let wait =
+                std::time::Duration::from_millis(self.raft.config().election_timeout_max.max(1000));
+            match tokio::time::timeout(wait, self.raft.ensure_linearizable(ReadPolicy::ReadIndex))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                _ => return Err(not_leader(self.region_id, self.leader())),
+            }
+        }
+        self.check_version(version)
+    }
+
+    /// Proposes a command and waits until it is applied here. A leader that
+    /// cannot commit (cut off from its quorum) gives up after
+    /// [`PROPOSE_TIMEOUT`]; the client re-routes and retries.
+    pub async fn propose(&self, command: RegionCommand) -> Result<CommandResult, EngineError> {
+        let written = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(command)).await;
+        let Ok(written) = written else {
+            return Err(not_leader(self.region_id, None));
+        };
+        match written {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let leader = match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) => Some(metapb::Peer {
+                        id,
+                        store_id: node.store_id,
+                        ..Default::default()
+                    }),
+                    _ => None,
+                };
+                Err(not_leader(self.region_id, leader))
+            }
+            Err(e) => Err(server_is_busy(format!(
+                "region {} cannot replicate now: {e}",
+                self.region_id
+            ))),
+        }
+    }
+
+    /// Proposes data changes under `version`.
+    pub async fn write(
+        &self,
+        version: u64,
+        modifies: Vec<crate::engine::Modify>,
+    ) -> Result<(), EngineError> {
+        self.check_version(version)?;
+        if !self.is_leader() {
+            return Err(not_leader(self.region_id, self.leader()));
+        }
+        let epoch = Epoch {
+            version,
+            ..self.epoch()
+        };
+        match self
+            .propose(RegionCommand::Write { epoch, modifies })
+            .await?
+        {
+            CommandResult::Applied => Ok(()),
+            CommandResult::EpochChanged { current } => {
+                Err(epoch_not_match(decode_regions(&current)))
+            }
+            CommandResult::KeyOutOfRange { .. } => Err(epoch_not_match(vec![self.region()])),
+        }
+    }
+
+    /// Placement asked for a new replica on `store_id`: add it as a learner
+    /// (it catches up by log or snapshot), then make it a voter.
+    pub async fn add_peer(&self, peer_id: PeerId, store_id: u64) -> Result<(), String> {
+        self.raft
+            .add_learner(peer_id, PeerNode { store_id }, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([peer_id])), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Placement asked to drop the replica `peer_id`.
+    pub async fn remove_peer(&self, peer_id: PeerId) -> Result<(), String> {
+        let voters: BTreeSet<PeerId> = self.raft.voter_ids().collect();
+        let change = if voters.contains(&peer_id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([peer_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([peer_id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Hands leadership to `peer_id`.
+    pub async fn transfer_leader(&self, peer_id: PeerId) -> Result<(), String> {
+        self.raft
+            .trigger()
+            .transfer_leader(peer_id)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(region_id = self.region_id, "raft shutdown: {e}");
+        }
+    }
+}
+
+fn decode_regions(encoded: &[Vec<u8>]) -> Vec<metapb::Region> {
+    encoded
+        .iter()
+        .filter_map(|b| metapb::Region::decode(b.as_slice()).ok())
+        .collect()
+}

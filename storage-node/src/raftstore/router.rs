@@ -1,0 +1,373 @@
+//! The store's Region replicas: starting them, creating one when a leader
+//! reaches this store for a Region it does not hold yet, destroying removed
+//! ones, dispatching incoming Raft messages, and running placement's
+//! scheduling commands.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use parking_lot::RwLock;
+use prost::Message;
+use shale_proto::{metapb, pdpb};
+use tokio::sync::mpsc;
+
+use super::context::{StoreContext, StoreEvent};
+use super::keys;
+use super::network::{kind, RegionMessage, Reply, SnapshotMessage};
+use super::peer::Peer;
+use super::transport::{Dispatch, Envelope};
+use super::types::{decode, encode, Snapshot};
+use crate::engine::{CfName, EngineBatch, MetaWrite, Modify};
+use crate::region::RegionRegistry;
+
+const TOMBSTONE_PREFIX: &[u8] = b"\x01tombstone\x00";
+
+fn tombstone_key(region_id: u64) -> Vec<u8> {
+    let mut k = TOMBSTONE_PREFIX.to_vec();
+    k.extend_from_slice(&region_id.to_be_bytes());
+    k
+}
+
+pub struct Router {
+    ctx: Arc<StoreContext>,
+    peers: RwLock<HashMap<u64, Arc<Peer>>>,
+    /// Serialises creating and destroying replicas.
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Removed replicas by Region: messages to this peer id or older are stale.
+    tombstones: RwLock<HashMap<u64, u64>>,
+}
+
+impl Router {
+    /// Starts a replica for every Region this store holds. A Region whose
+    /// group has no log yet (bootstrap or split interrupted by a crash) is
+    /// formed from its peers.
+    pub async fn start(ctx: Arc<StoreContext>) -> Result<Arc<Router>, String> {
+        let mut tombstones = HashMap::new();
+        for (key, value) in ctx
+            .engine
+            .scan_meta(TOMBSTONE_PREFIX)
+            .map_err(|e| e.to_string())?
+        {
+            let region_id = key
+                .get(TOMBSTONE_PREFIX.len()..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            let peer_id = value.as_slice().try_into().ok().map(u64::from_be_bytes);
+            if let (Some(r), Some(p)) = (region_id, peer_id) {
+                tombstones.insert(r, p);
+            }
+        }
+        let router = Arc::new(Router {
+            ctx: ctx.clone(),
+            peers: RwLock::default(),
+            lifecycle: tokio::sync::Mutex::new(()),
+            tombstones: RwLock::new(tombstones),
+        });
+        for region in ctx.regions.all() {
+            let Some(local) = ctx.regions.local_peer(&region) else {
+                continue;
+            };
+            router.ensure_peer(region, local.id, true).await?;
+        }
+        Ok(router)
+    }
+
+    pub fn context(&self) -> &Arc<StoreContext> {
+        &self.ctx
+    }
+
+    pub fn peer(&self, region_id: u64) -> Option<Arc<Peer>> {
+        self.peers.read().get(&region_id).cloned()
+    }
+
+    pub fn peers(&self) -> Vec<Arc<Peer>> {
+        self.peers.read().values().cloned().collect()
+    }
+
+    /// The replica of `region` with `peer_id`, started if needed. With
+    /// `form_group` a group without a log is initialised from the Region's
+    /// peers (only for Regions this store created: bootstrap, split).
+    pub async fn ensure_peer(
+        &self,
+        region: metapb::Region,
+        peer_id: u64,
+        form_group: bool,
+    ) -> Result<Arc<Peer>, String> {
+        let _guard = self.lifecycle.lock().await;
+        if let Some(peer) = self.peer(region.id) {
+            if peer.peer_id == peer_id {
+                peer.adopt_region_if_unknown(&region);
+                if form_group {
+                    peer.initialize().await?;
+                }
+                return Ok(peer);
+            }
+        }
+        let region_id = region.id;
+        let peer = Arc::new(Peer::open(&self.ctx, region, peer_id).await?);
+        if form_group {
+            peer.initialize().await?;
+        }
+        self.peers.write().insert(region_id, peer.clone());
+        tracing::info!(region_id, peer_id, "region replica started");
+        Ok(peer)
+    }
+
+    /// Handles what applies report: new Regions from splits, removed replicas.
+    pub async fn run_events(&self, mut events: mpsc::UnboundedReceiver<StoreEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                StoreEvent::SplitApplied { regions, leader } => {
+                    for region in regions {
+                        let Some(local) = self.ctx.regions.local_peer(&region) else {
+                            continue;
+                        };
+                        let region_id = region.id;
+                        match self.ensure_peer(region, local.id, leader).await {
+                            Ok(peer) if !leader => self.form_later(peer),
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(region_id, "cannot start split region: {e}"),
+                        }
+                    }
+                }
+                StoreEvent::PeerRemoved { region_id } => {
+                    if let Err(e) = self.destroy(region_id).await {
+                        tracing::error!(region_id, "cannot destroy removed replica: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A split Region's replica on a store that did not lead the parent waits
+    /// for the new group's leader; if none reaches it (that store failed
+    /// right after the split), it forms the group itself.
+    fn form_later(&self, peer: Arc<Peer>) {
+        let wait = std::time::Duration::from_millis(self.ctx.raft_config.election_timeout_max * 3);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if !peer.raft().is_initialized().await.unwrap_or(true) {
+                if let Err(e) = peer.initialize().await {
+                    tracing::warn!(region_id = peer.region_id, "cannot form split region: {e}");
+                }
+            }
+        });
+    }
+
+    /// Stops a removed replica and deletes its data and Raft state; remembers
+    /// its peer id so late messages cannot bring it back.
+    async fn destroy(&self, region_id: u64) -> Result<(), String> {
+        let _guard = self.lifecycle.lock().await;
+        let Some(peer) = self.peers.write().remove(&region_id) else {
+            return Ok(());
+        };
+        peer.shutdown().await;
+        let region = peer.region();
+        let (raft_start, raft_end) = keys::region_raft_range(region_id);
+        let mut batch = EngineBatch {
+            sync: true,
+            ..Default::default()
+        };
+        for cf in CfName::ALL {
+            batch.data.push(Modify::DeleteRange(
+                cf,
+                region.start_key.clone(),
+                region.end_key.clone(),
+            ));
+        }
+        batch
+            .meta
+            .push(MetaWrite::DeleteRange(raft_start, raft_end));
+        batch.meta.push(RegionRegistry::meta_delete(region_id));
+        batch.meta.push(MetaWrite::Put(
+            tombstone_key(region_id),
+            peer.peer_id.to_be_bytes().to_vec(),
+        ));
+        self.ctx
+            .engine
+            .write_batch(batch)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.ctx.regions.forget_in_memory(region_id);
+        self.tombstones.write().insert(region_id, peer.peer_id);
+        tracing::info!(
+            region_id,
+            peer_id = peer.peer_id,
+            "region replica destroyed"
+        );
+        Ok(())
+    }
+
+    /// The replica a message is for, created when a leader reaches a store
+    /// that has none yet (a replica being added).
+    async fn target_peer(
+        &self,
+        envelope: &Envelope,
+        region: &metapb::Region,
+    ) -> Result<Arc<Peer>, String> {
+        if let Some(peer) = self.peer(envelope.region_id) {
+            if peer.peer_id == envelope.to_peer {
+                return Ok(peer);
+            }
+            return Err(format!(
+                "region {} has peer {} here, not {}",
+                envelope.region_id, peer.peer_id, envelope.to_peer
+            ));
+        }
+        if let Some(&removed) = self.tombstones.read().get(&envelope.region_id) {
+            if envelope.to_peer <= removed {
+                return Err(format!(
+                    "peer {} of region {} was removed from this store",
+                    envelope.to_peer, envelope.region_id
+                ));
+            }
+        }
+        if !matches!(envelope.kind, kind::APPEND | kind::SNAPSHOT) {
+            return Err(format!(
+                "region {} not found on this store",
+                envelope.region_id
+            ));
+        }
+        if region.id != envelope.region_id {
+            return Err("message names a different region".into());
+        }
+        self.ensure_peer(region.clone(), envelope.to_peer, false)
+            .await
+    }
+
+    async fn handle(&self, envelope: Envelope) -> Result<Vec<u8>, String> {
+        let message: RegionMessage = decode(&envelope.payload).map_err(|e| e.to_string())?;
+        let region =
+            metapb::Region::decode(message.region.as_slice()).map_err(|e| e.to_string())?;
+        let peer = self.target_peer(&envelope, &region).await?;
+        let raft = peer.raft();
+        let body = &message.body;
+        let reply = match envelope.kind {
+            kind::APPEND => {
+                let req = decode(body).map_err(|e| e.to_string())?;
+                encode(&raft.append_entries(req).await.map_err(|e| e.to_string()))
+            }
+            kind::VOTE => {
+                let req = decode(body).map_err(|e| e.to_string())?;
+                encode(&raft.vote(req).await.map_err(|e| e.to_string()))
+            }
+            kind::PRE_VOTE => {
+                let req = decode(body).map_err(|e| e.to_string())?;
+                encode(&raft.pre_vote(req).await.map_err(|e| e.to_string()))
+            }
+            kind::SNAPSHOT => {
+                let m: SnapshotMessage = decode(body).map_err(|e| e.to_string())?;
+                let snapshot = Snapshot {
+                    meta: m.meta,
+                    snapshot: m.data,
+                };
+                let result: Reply<_> = raft
+                    .install_full_snapshot(m.vote, snapshot)
+                    .await
+                    .map_err(|e| e.to_string());
+                encode(&result)
+            }
+            kind::TRANSFER_LEADER => {
+                let req = decode(body).map_err(|e| e.to_string())?;
+                encode(
+                    &raft
+                        .handle_transfer_leader(req)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            other => return Err(format!("unknown raft message kind {other}")),
+        };
+        reply.map_err(|e| e.to_string())
+    }
+
+    /// Runs one scheduling command from placement on this store's leader.
+    pub async fn handle_command(self: &Arc<Self>, response: pdpb::RegionHeartbeatResponse) {
+        let Some(peer) = self.peer(response.region_id) else {
+            return;
+        };
+        if !peer.is_leader() {
+            return;
+        }
+        let region_id = response.region_id;
+        let mut changes = Vec::new();
+        if let Some(change) = response.change_peer {
+            changes.push(change);
+        }
+        if let Some(v2) = response.change_peer_v2 {
+            changes.extend(v2.changes);
+        }
+        for change in changes {
+            let Some(target) = change.peer else {
+                continue;
+            };
+            let result = match shale_proto::eraftpb::ConfChangeType::try_from(change.change_type) {
+                Ok(shale_proto::eraftpb::ConfChangeType::AddNode) => {
+                    peer.add_peer(target.id, target.store_id).await
+                }
+                Ok(shale_proto::eraftpb::ConfChangeType::AddLearnerNode) => peer
+                    .raft()
+                    .add_learner(
+                        target.id,
+                        super::types::PeerNode {
+                            store_id: target.store_id,
+                        },
+                        true,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Ok(shale_proto::eraftpb::ConfChangeType::RemoveNode) => {
+                    peer.remove_peer(target.id).await
+                }
+                Err(_) => Err(format!("unknown change type {}", change.change_type)),
+            };
+            match result {
+                Ok(()) => tracing::info!(
+                    region_id,
+                    peer = target.id,
+                    store = target.store_id,
+                    "membership change done"
+                ),
+                Err(e) => {
+                    tracing::warn!(region_id, peer = target.id, "membership change failed: {e}")
+                }
+            }
+        }
+        if let Some(transfer) = response.transfer_leader {
+            if let Some(to) = transfer.peer {
+                if let Err(e) = peer.transfer_leader(to.id).await {
+                    tracing::warn!(region_id, to = to.id, "leader transfer failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Stops every replica (store shutdown).
+    pub async fn shutdown(&self) {
+        let peers: Vec<Arc<Peer>> = self.peers.write().drain().map(|(_, p)| p).collect();
+        for peer in peers {
+            peer.shutdown().await;
+        }
+    }
+}
+
+/// The transport's way into the router; weak so a stopped store is freed.
+pub struct RouterDispatch(pub std::sync::Weak<Router>);
+
+impl Dispatch for RouterDispatch {
+    fn dispatch(
+        &self,
+        _from_store: u64,
+        envelope: Envelope,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let router = self.0.upgrade();
+        Box::pin(async move {
+            match router {
+                Some(router) => router.handle(envelope).await,
+                None => Err("store is shutting down".into()),
+            }
+        })
+    }
+}

@@ -1,0 +1,382 @@
+//! A Region replica's state machine: the store's data column families
+//! within the Region's range. Each apply writes the data, the applied log id
+//! and (when it changed) the Region's metadata in one engine batch.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use parking_lot::RwLock;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use shale_proto::metapb;
+
+use super::context::{StoreContext, StoreEvent};
+use super::keys;
+use super::types::{
+    decode, encode, io_err, CommandResult, Epoch, LogId, RegionCommand, RegionTypes, Snapshot,
+    SnapshotMeta, SplitTarget, StoredMembership,
+};
+use crate::engine::{CfName, EngineBatch, EngineIterator, MetaWrite, Modify, Snapshot as _};
+use crate::region::RegionRegistry;
+
+/// The Region's data as sent to a new or lagging replica.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    /// `metapb::Region`, protobuf-encoded.
+    region: Vec<u8>,
+    records: Vec<(CfName, Vec<u8>, Vec<u8>)>,
+}
+
+pub struct RegionStateMachine {
+    region_id: u64,
+    ctx: Arc<StoreContext>,
+    /// The Region as this replica knows it; shared with the peer.
+    region: Arc<RwLock<metapb::Region>>,
+    /// Whether this replica leads, kept current by the peer.
+    leading: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn epoch_of(region: &metapb::Region) -> Epoch {
+    let e = region.region_epoch.unwrap_or_default();
+    Epoch {
+        conf_ver: e.conf_ver,
+        version: e.version,
+    }
+}
+
+/// `region` with its peers set from a Raft membership.
+fn with_membership(region: &metapb::Region, membership: &StoredMembership) -> metapb::Region {
+    let m = membership.membership();
+    let voters: std::collections::BTreeSet<u64> = m.voter_ids().collect();
+    let mut peers: Vec<metapb::Peer> = m
+        .nodes()
+        .map(|(id, node)| metapb::Peer {
+            id: *id,
+            store_id: node.store_id,
+            role: if voters.contains(id) {
+                metapb::PeerRole::Voter as i32
+            } else {
+                metapb::PeerRole::Learner as i32
+            },
+            ..Default::default()
+        })
+        .collect();
+    peers.sort_by_key(|p| p.id);
+    let mut out = region.clone();
+    out.peers = peers;
+    out
+}
+
+/// A Region's peers as comparable facts (id, store, role).
+fn peer_set(region: &metapb::Region) -> std::collections::BTreeSet<(u64, u64, i32)> {
+    region
+        .peers
+        .iter()
+        .map(|p| (p.id, p.store_id, p.role))
+        .collect()
+}
+
+impl RegionStateMachine {
+    /// Whether this replica currently leads its Region (set by the peer).
+    fn leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn new(
+        region_id: u64,
+        ctx: Arc<StoreContext>,
+        region: Arc<RwLock<metapb::Region>>,
+        leading: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        RegionStateMachine {
+            region_id,
+            ctx,
+            region,
+            leading,
+        }
+    }
+
+    fn read_meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        let db = self.ctx.engine.db();
+        let cf = db
+            .cf_handle("raft")
+            .ok_or_else(|| io_err("raft cf missing"))?;
+        db.get_cf(cf, key)
+            .map_err(io_err)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// Applies a split to `region`: the new Regions (left parts) and the
+    /// original shrunk to the rightmost part, or why not.
+    fn split(
+        &self,
+        region: &metapb::Region,
+        keys: &[Vec<u8>],
+        targets: &[SplitTarget],
+    ) -> Result<Vec<metapb::Region>, String> {
+        let ids: Vec<shale_proto::pdpb::SplitId> = targets
+            .iter()
+            .map(|t| shale_proto::pdpb::SplitId {
+                new_region_id: t.new_region_id,
+                new_peer_ids: t.new_peer_ids.clone(),
+            })
+            .collect();
+        crate::region::split_region(region, keys, &ids).map_err(|e| e.to_string())
+    }
+}
+
+impl RaftSnapshotBuilder<RegionTypes> for RegionStateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let engine = self.ctx.engine.clone();
+        let region_id = self.region_id;
+        let fallback = self.region.read().clone();
+        tokio::task::spawn_blocking(move || build(&engine, region_id, fallback))
+            .await
+            .map_err(io_err)?
+    }
+}
+
+fn build(
+    engine: &crate::engine::RocksEngine,
+    region_id: u64,
+    fallback: metapb::Region,
+) -> io::Result<Snapshot> {
+    let snap = engine.snapshot();
+    let meta_get = |key: Vec<u8>| snap.get_meta(&key).map_err(io_err);
+    let applied: Option<LogId> = meta_get(keys::applied_key(region_id))?
+        .map(|v| decode(&v))
+        .transpose()?;
+    let membership: StoredMembership = meta_get(keys::membership_key(region_id))?
+        .map(|v| decode(&v))
+        .transpose()?
+        .unwrap_or_default();
+    let region = match meta_get(crate::region::region_meta_key(region_id))? {
+        Some(bytes) => metapb::Region::decode(bytes.as_slice()).map_err(io_err)?,
+        None => fallback,
+    };
+    let mut records = Vec::new();
+    let upper = (!region.end_key.is_empty()).then_some(region.end_key.as_slice());
+    for cf in CfName::ALL {
+        let mut it = snap
+            .iter_cf(cf, Some(&region.start_key), upper)
+            .map_err(io_err)?;
+        let mut valid = it.seek_to_first().map_err(io_err)?;
+        while valid {
+            records.push((cf, it.key().to_vec(), it.value().to_vec()));
+            valid = it.next().map_err(io_err)?;
+        }
+    }
+    let data = encode(&SnapshotData {
+        region: region.encode_to_vec(),
+        records,
+    })?;
+    Ok(Snapshot {
+        meta: SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+        },
+        snapshot: data,
+    })
+}
+
+impl RaftStateMachine<RegionTypes> for RegionStateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let applied = self.read_meta(&keys::applied_key(self.region_id))?;
+        let membership = self
+            .read_meta(&keys::membership_key(self.region_id))?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<RegionTypes>>> + Unpin + OptionalSend,
+    {
+        let mut batch = EngineBatch::default();
+        let mut responses = Vec::new();
+        let mut region = self.region.read().clone();
+        let mut region_changed = false;
+        let mut new_regions: Vec<metapb::Region> = Vec::new();
+        let mut last = None;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id();
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::Applied,
+                EntryPayload::Normal(RegionCommand::Write { epoch, modifies }) => {
+                    if epoch.version != epoch_of(&region).version {
+                        CommandResult::EpochChanged {
+                            current: vec![region.encode_to_vec()],
+                        }
+                    } else {
+                        batch.data.extend(modifies.iter().cloned());
+                        CommandResult::Applied
+                    }
+                }
+                EntryPayload::Normal(RegionCommand::Split {
+                    epoch,
+                    keys,
+                    targets,
+                }) => {
+                    if epoch.version != epoch_of(&region).version {
+                        CommandResult::EpochChanged {
+                            current: vec![region.encode_to_vec()],
+                        }
+                    } else {
+                        match self.split(&region, keys, targets) {
+                            Ok(parts) => {
+                                let current: Vec<Vec<u8>> =
+                                    parts.iter().map(|r| r.encode_to_vec()).collect();
+                                for part in parts {
+                                    if part.id == region.id {
+                                        region = part;
+                                        region_changed = true;
+                                    } else {
+                                        batch.meta.push(RegionRegistry::meta_write(&part));
+                                        new_regions.push(part);
+                                    }
+                                }
+                                CommandResult::EpochChanged { current }
+                            }
+                            Err(e) => {
+                                tracing::warn!(region_id = self.region_id, "split rejected: {e}");
+                                CommandResult::EpochChanged {
+                                    current: vec![region.encode_to_vec()],
+                                }
+                            }
+                        }
+                    }
+                }
+                EntryPayload::Membership(membership) => {
+                    let stored = StoredMembership::new(Some(log_id), membership.clone());
+                    batch.meta.push(MetaWrite::Put(
+                        keys::membership_key(self.region_id),
+                        encode(&stored)?,
+                    ));
+                    let mut changed = with_membership(&region, &stored);
+                    // A group's first membership (bootstrap, split) restates
+                    // the Region's peers: only a real change moves conf_ver.
+                    if peer_set(&changed) != peer_set(&region) {
+                        let mut epoch = changed.region_epoch.unwrap_or_default();
+                        epoch.conf_ver += 1;
+                        changed.region_epoch = Some(epoch);
+                        region = changed;
+                        region_changed = true;
+                    }
+                    CommandResult::Applied
+                }
+            };
+            last = Some(log_id);
+            if let Some(responder) = responder {
+                responses.push((responder, result));
+            }
+        }
+        let Some(last) = last else {
+            return Ok(());
+        };
+        batch.meta.push(MetaWrite::Put(
+            keys::applied_key(self.region_id),
+            encode(&last)?,
+        ));
+        if region_changed {
+            batch.meta.push(RegionRegistry::meta_write(&region));
+        }
+        // Applied entries are already durable in the log: no fsync needed.
+        batch.sync = false;
+        self.ctx.engine.write_batch(batch).await.map_err(io_err)?;
+        if region_changed {
+            *self.region.write() = region.clone();
+            self.ctx.regions.set_in_memory(region.clone());
+            let still_member = region.peers.iter().any(|p| p.store_id == self.ctx.store_id);
+            if !still_member {
+                let _ = self.ctx.events.send(StoreEvent::PeerRemoved {
+                    region_id: self.region_id,
+                });
+            }
+        }
+        if !new_regions.is_empty() {
+            for part in &new_regions {
+                self.ctx.regions.set_in_memory(part.clone());
+            }
+            let _ = self.ctx.events.send(StoreEvent::SplitApplied {
+                regions: new_regions,
+                leader: self.leading(),
+            });
+        }
+        for (responder, result) in responses {
+            responder.send(result);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        RegionStateMachine {
+            region_id: self.region_id,
+            ctx: self.ctx.clone(),
+            region: self.region.clone(),
+            leading: self.leading.clone(),
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> io::Result<()> {
+        let data: SnapshotData = decode(&snapshot)?;
+        let region = metapb::Region::decode(data.region.as_slice()).map_err(io_err)?;
+        if region.id != self.region_id {
+            return Err(io_err(format!(
+                "snapshot of region {} sent to region {}",
+                region.id, self.region_id
+            )));
+        }
+        let mut batch = EngineBatch {
+            sync: true,
+            ..Default::default()
+        };
+        for cf in CfName::ALL {
+            batch.data.push(Modify::DeleteRange(
+                cf,
+                region.start_key.clone(),
+                region.end_key.clone(),
+            ));
+        }
+        for (cf, key, value) in data.records {
+            batch.data.push(Modify::Put(cf, key, value));
+        }
+        match &meta.last_log_id {
+            Some(id) => batch.meta.push(MetaWrite::Put(
+                keys::applied_key(self.region_id),
+                encode(id)?,
+            )),
+            None => batch
+                .meta
+                .push(MetaWrite::Delete(keys::applied_key(self.region_id))),
+        }
+        batch.meta.push(MetaWrite::Put(
+            keys::membership_key(self.region_id),
+            encode(&meta.last_membership)?,
+        ));
+        batch.meta.push(RegionRegistry::meta_write(&region));
+        self.ctx.engine.write_batch(batch).await.map_err(io_err)?;
+        *self.region.write() = region.clone();
+        self.ctx.regions.set_in_memory(region);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        // The state machine is persistent: its current state is always a
+        // valid (and the newest) snapshot.
+        let applied: Option<LogId> = self.read_meta(&keys::applied_key(self.region_id))?;
+        if applied.is_none() {
+            return Ok(None);
+        }
+        self.build_snapshot().await.map(Some)
+    }
+}

@@ -1,0 +1,379 @@
+//! Region groups across three (and four) stores in one process: real
+//! RocksDB, real gRPC transport on loopback, openraft underneath.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use parking_lot::RwLock;
+use shale_proto::metapb;
+use tokio::sync::watch;
+
+use super::context::{StoreContext, StoreResolver};
+use super::transport::{Transport, TransportConfig};
+use super::types::{CommandResult, Epoch, RegionCommand, SplitTarget};
+use super::{RaftKv, Router, RouterDispatch};
+use crate::engine::{CfName, Engine, EngineContext, EngineError, Modify, RocksEngine, Snapshot};
+use crate::region::RegionRegistry;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct MapResolver(RwLock<HashMap<u64, String>>);
+
+impl StoreResolver for Arc<MapResolver> {
+    fn resolve(&self, store_id: u64) -> BoxFuture<'static, Result<String, String>> {
+        let addr = self.0.read().get(&store_id).cloned();
+        Box::pin(async move { addr.ok_or_else(|| format!("no store {store_id}")) })
+    }
+}
+
+struct TestStore {
+    _dir: tempfile::TempDir,
+    store_id: u64,
+    engine: RocksEngine,
+    router: Arc<Router>,
+    stop: watch::Sender<bool>,
+}
+
+fn raft_config() -> Arc<openraft::Config> {
+    Arc::new(
+        openraft::Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 500,
+            election_timeout_max: 1000,
+            max_in_snapshot_log_to_keep: 0,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    )
+}
+
+fn region(id: u64, start: &[u8], end: &[u8], peers: &[(u64, u64)]) -> metapb::Region {
+    metapb::Region {
+        id,
+        start_key: start.to_vec(),
+        end_key: end.to_vec(),
+        region_epoch: Some(metapb::RegionEpoch {
+            conf_ver: 1,
+            version: 1,
+        }),
+        peers: peers
+            .iter()
+            .map(|&(id, store_id)| metapb::Peer {
+                id,
+                store_id,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+async fn start_store(
+    store_id: u64,
+    resolver: &Arc<MapResolver>,
+    regions: &[metapb::Region],
+) -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = RocksEngine::open(dir.path(), true).unwrap();
+    let registry = RegionRegistry::load(store_id, engine.clone()).unwrap();
+    for r in regions {
+        registry.insert(r.clone()).unwrap();
+    }
+    let transport = Transport::new(store_id, TransportConfig::default());
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Arc::new(StoreContext {
+        store_id,
+        engine: engine.clone(),
+        regions: registry,
+        events: events_tx,
+        transport: transport.clone(),
+        resolver: Arc::new(resolver.clone()),
+        raft_config: raft_config(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    resolver.0.write().insert(store_id, addr);
+    let (stop, mut stop_rx) = watch::channel(false);
+    let service = transport.service();
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_rx.changed().await;
+            })
+            .await;
+    });
+    let router = Router::start(ctx).await.unwrap();
+    transport.set_dispatcher(Arc::new(RouterDispatch(Arc::downgrade(&router))));
+    let events_router = router.clone();
+    tokio::spawn(async move { events_router.run_events(events_rx).await });
+    TestStore {
+        _dir: dir,
+        store_id,
+        engine,
+        router,
+        stop,
+    }
+}
+
+impl TestStore {
+    async fn stop(&self) {
+        let _ = self.stop.send(true);
+        self.router.shutdown().await;
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.engine.snapshot().get_cf(CfName::Default, key).unwrap()
+    }
+}
+
+async fn leader_of(stores: &[&TestStore], region_id: u64) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let leaders: Vec<usize> = (0..stores.len())
+            .filter(|&i| {
+                stores[i]
+                    .router
+                    .peer(region_id)
+                    .is_some_and(|p| p.is_leader())
+            })
+            .collect();
+        if leaders.len() == 1 {
+            return leaders[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "region {region_id} has leaders {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ctx_of(store: &TestStore, region_id: u64) -> EngineContext {
+    let r = store.router.peer(region_id).unwrap().region();
+    let e = r.region_epoch.unwrap();
+    EngineContext {
+        region_id,
+        conf_ver: e.conf_ver,
+        version: e.version,
+    }
+}
+
+/// Writes through whichever store leads `region_id`, retrying on Region
+/// errors as a client does (leadership can move right after an election).
+async fn write(stores: &[&TestStore], region_id: u64, modifies: Vec<Modify>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let leader = leader_of(stores, region_id).await;
+        let kv = RaftKv::new(stores[leader].router.clone());
+        match kv
+            .async_write(&ctx_of(stores[leader], region_id), modifies.clone())
+            .await
+        {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("write retried: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+}
+
+fn put(key: &str, value: &str) -> Vec<Modify> {
+    vec![Modify::Put(
+        CfName::Default,
+        key.as_bytes().to_vec(),
+        value.as_bytes().to_vec(),
+    )]
+}
+
+async fn three_stores() -> (Arc<MapResolver>, Vec<TestStore>) {
+    let resolver = Arc::new(MapResolver::default());
+    let r1 = region(1, b"", b"", &[(101, 1), (102, 2), (103, 3)]);
+    let mut stores = Vec::new();
+    for id in 1..=3 {
+        stores.push(start_store(id, &resolver, std::slice::from_ref(&r1)).await);
+    }
+    (resolver, stores)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_replicate_to_every_store_and_followers_redirect() {
+    let (_resolver, stores) = three_stores().await;
+    let refs: Vec<&TestStore> = stores.iter().collect();
+    for i in 0..50 {
+        write(&refs, 1, put(&format!("k{i:02}"), "v")).await;
+    }
+    for store in &stores {
+        eventually("replicated", || store.get(b"k49").is_some()).await;
+    }
+    let leader = leader_of(&refs, 1).await;
+    let kv = RaftKv::new(stores[leader].router.clone());
+    // A follower answers NotLeader naming the leader's store.
+    let follower = (leader + 1) % 3;
+    let err = RaftKv::new(stores[follower].router.clone())
+        .async_write(&ctx_of(&stores[follower], 1), put("x", "y"))
+        .await
+        .unwrap_err();
+    let EngineError::Region(e) = err else {
+        panic!("expected a region error, got {err}")
+    };
+    let not_leader = e.not_leader.expect("NotLeader");
+    assert_eq!(not_leader.leader.unwrap().store_id, stores[leader].store_id);
+    // A stale epoch is refused.
+    let mut stale = ctx_of(&stores[leader], 1);
+    stale.version = 0;
+    assert!(matches!(
+        kv.async_write(&stale, put("x", "y")).await,
+        Err(EngineError::Region(e)) if e.epoch_not_match.is_some()
+    ));
+    // Reads on the leader see every acknowledged write.
+    let snap = kv
+        .async_snapshot(&ctx_of(&stores[leader], 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        snap.get_cf(CfName::Default, b"k00").unwrap(),
+        Some(b"v".to_vec())
+    );
+    for s in &stores {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_leader_elects_another_and_keeps_every_write() {
+    let (_resolver, stores) = three_stores().await;
+    let refs: Vec<&TestStore> = stores.iter().collect();
+    for i in 0..20 {
+        write(&refs, 1, put(&format!("a{i:02}"), "1")).await;
+    }
+    let leader = leader_of(&refs, 1).await;
+    stores[leader].stop().await;
+    let rest: Vec<&TestStore> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| &stores[i])
+        .collect();
+    let started = Instant::now();
+    leader_of(&rest, 1).await;
+    eprintln!("region leader re-elected in {:?}", started.elapsed());
+    write(&rest, 1, put("after", "1")).await;
+    let new = leader_of(&rest, 1).await;
+    let kv = RaftKv::new(rest[new].router.clone());
+    let snap = kv.async_snapshot(&ctx_of(rest[new], 1)).await.unwrap();
+    for i in 0..20 {
+        let key = format!("a{i:02}");
+        assert!(
+            snap.get_cf(CfName::Default, key.as_bytes())
+                .unwrap()
+                .is_some(),
+            "{key} lost"
+        );
+    }
+    for s in rest {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_through_raft_creates_the_new_region_on_every_store() {
+    let (_resolver, stores) = three_stores().await;
+    let refs: Vec<&TestStore> = stores.iter().collect();
+    let leader = leader_of(&refs, 1).await;
+    let peer = stores[leader].router.peer(1).unwrap();
+    let epoch = peer.region().region_epoch.unwrap();
+    let result = peer
+        .propose(RegionCommand::Split {
+            epoch: Epoch {
+                conf_ver: epoch.conf_ver,
+                version: epoch.version,
+            },
+            keys: vec![b"m".to_vec()],
+            targets: vec![SplitTarget {
+                new_region_id: 2,
+                new_peer_ids: vec![201, 202, 203],
+            }],
+        })
+        .await
+        .unwrap();
+    assert!(matches!(result, CommandResult::EpochChanged { current } if current.len() == 2));
+    for store in &stores {
+        eventually("new region started", || store.router.peer(2).is_some()).await;
+    }
+    let new_leader = leader_of(&refs, 2).await;
+    let left = stores[new_leader].router.peer(2).unwrap().region();
+    assert_eq!(
+        (left.start_key.as_slice(), left.end_key.as_slice()),
+        (&b""[..], &b"m"[..])
+    );
+    write(&refs, 2, put("a", "left")).await;
+    for store in &stores {
+        eventually("left part replicated", || store.get(b"a").is_some()).await;
+    }
+    // The old epoch no longer works for the original Region.
+    let stale = EngineContext {
+        region_id: 1,
+        conf_ver: epoch.conf_ver,
+        version: epoch.version,
+    };
+    assert!(RaftKv::new(stores[leader].router.clone())
+        .async_write(&stale, put("z", "1"))
+        .await
+        .is_err());
+    for s in &stores {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_replica_catches_up_from_a_snapshot() {
+    let (resolver, mut stores) = three_stores().await;
+    let refs: Vec<&TestStore> = stores.iter().collect();
+    for i in 0..100 {
+        write(&refs, 1, put(&format!("s{i:03}"), "v")).await;
+    }
+    let leader = leader_of(&refs, 1).await;
+    // Compact the log so the new replica cannot catch up by log alone.
+    let raft = stores[leader].router.peer(1).unwrap().raft().clone();
+    raft.trigger().snapshot().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        use openraft::async_runtime::WatchReceiver;
+        let snap = raft.metrics().borrow_watched().snapshot;
+        if snap.is_some_and(|s| s.index >= 100) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    raft.trigger().purge_log(100).await.unwrap();
+
+    stores.push(start_store(4, &resolver, &[]).await);
+    let peer = stores[leader].router.peer(1).unwrap();
+    peer.add_peer(104, 4).await.unwrap();
+    eventually("snapshot installed on store 4", || {
+        stores[3].get(b"s099").is_some()
+    })
+    .await;
+    let region = stores[3].router.peer(1).unwrap().region();
+    assert_eq!(region.peers.len(), 4);
+    for s in &stores {
+        s.stop().await;
+    }
+}
