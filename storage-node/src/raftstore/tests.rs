@@ -35,6 +35,7 @@ struct TestStore {
     store_id: u64,
     engine: RocksEngine,
     router: Arc<Router>,
+    transport: Arc<Transport>,
     stop: watch::Sender<bool>,
 }
 
@@ -119,12 +120,14 @@ async fn start_store(
         store_id,
         engine,
         router,
+        transport,
         stop,
     }
 }
 
 impl TestStore {
     async fn stop(&self) {
+        self.transport.shutdown();
         let _ = self.stop.send(true);
         self.router.shutdown().await;
     }

@@ -106,6 +106,9 @@ impl StorageNode {
     /// Stops accepting requests, lets in-flight ones finish, stops the loops
     /// and the Region replicas.
     pub async fn shutdown(self) {
+        // Raft streams never end on their own: close them first, or the
+        // gRPC server's graceful shutdown waits forever.
+        self.transport.shutdown();
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
@@ -236,7 +239,10 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
                 conn
             },
         );
+        // Larger HTTP/2 windows: snapshots travel on the same port.
         let result = tonic::transport::Server::builder()
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20)
             .add_service(service)
             .add_service(raft_service)
             .serve_with_incoming_shutdown(incoming, async move {

@@ -266,6 +266,7 @@ impl Inbound {
             payload: message.payload,
         };
         let region_id = envelope.region_id;
+        let max_reply = self.shared.config.max_message_bytes;
         tokio::spawn(async move {
             // A panicking Region must answer its caller rather than leave it
             // waiting for the timeout.
@@ -279,6 +280,14 @@ impl Inbound {
             .unwrap_or_else(|_| {
                 tracing::error!(region_id, from_store, "Raft message dispatch panicked");
                 Err("dispatch panicked".to_string())
+            });
+            // The caller would drop the whole connection over an oversized
+            // reply; fail just this call instead.
+            let result = result.and_then(|payload| match payload.len() {
+                len if len > max_reply => Err(format!(
+                    "reply of {len} bytes exceeds the limit of {max_reply}"
+                )),
+                _ => Ok(payload),
             });
             let reply = match result {
                 Ok(payload) => Reply {

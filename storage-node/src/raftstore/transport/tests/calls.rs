@@ -223,4 +223,12 @@ async fn oversized_payload_is_refused_before_sending() {
         })
     );
     assert_eq!(a.transport.stats().connects, 0);
+    // An oversized reply fails that call only, not the connection.
+    a.echo.set(2, Behaviour::Reply(1001));
+    assert!(matches!(
+        b.call(&a, 2, vec![0; 10]).await,
+        Err(TransportError::Remote(e)) if e.contains("exceeds the limit")
+    ));
+    assert_eq!(b.call(&a, 1, vec![0; 10]).await.unwrap(), vec![0; 10]);
+    assert_eq!(b.transport.stats().connects, 1);
 }

@@ -28,6 +28,8 @@ pub(super) enum Behaviour {
     Slow(Duration),
     Fail(String),
     Panic,
+    /// Answers with this many bytes.
+    Reply(usize),
 }
 
 /// Echoes payloads; counts messages and the most it saw at once.
@@ -73,6 +75,7 @@ impl Dispatch for Echo {
                 }
                 Some(Behaviour::Fail(e)) => Err(e),
                 Some(Behaviour::Panic) => panic!("test dispatcher panics on purpose"),
+                Some(Behaviour::Reply(len)) => Ok(vec![7; len]),
             }
         }
         .boxed()
