@@ -96,6 +96,9 @@ impl PlacementRaft {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
             max_in_snapshot_log_to_keep: 1_000,
             enable_pre_vote: Some(true),
+            // Replies can overtake each other (a heartbeat's stale
+            // "conflict" after a newer success): let openraft re-probe.
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()

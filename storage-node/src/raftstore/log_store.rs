@@ -55,18 +55,20 @@ impl RegionLogStore {
         let cf = db
             .cf_handle(META_CF)
             .ok_or_else(|| io_err("raft cf missing"))?;
-        let (_, end) = keys::log_range(self.region_id);
-        let mut it = db.iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
-        match it.next() {
-            Some(item) => {
-                let (key, value) = item.map_err(io_err)?;
-                if keys::log_index(self.region_id, &key).is_none() {
-                    return Ok(None);
-                }
-                decode(&value).map(Some)
+        let (start, end) = keys::log_range(self.region_id);
+        // A reverse iterator starts at the last key <= `end`, and `end` (the
+        // first key after the log) may exist: skip it.
+        for item in db.iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse)) {
+            let (key, value) = item.map_err(io_err)?;
+            if key.as_ref() >= end.as_slice() {
+                continue;
             }
-            None => Ok(None),
+            if key.as_ref() < start.as_slice() {
+                return Ok(None);
+            }
+            return decode(&value).map(Some);
         }
+        Ok(None)
     }
 }
 

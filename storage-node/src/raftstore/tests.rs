@@ -47,6 +47,7 @@ fn raft_config() -> Arc<openraft::Config> {
             election_timeout_max: 1000,
             max_in_snapshot_log_to_keep: 0,
             enable_pre_vote: Some(true),
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()
@@ -379,4 +380,59 @@ async fn a_new_replica_catches_up_from_a_snapshot() {
     for s in &stores {
         s.stop().await;
     }
+}
+
+struct SuiteBuilder;
+
+impl
+    openraft::testing::log::StoreBuilder<
+        super::types::RegionTypes,
+        super::log_store::RegionLogStore,
+        super::state_machine::RegionStateMachine,
+        tempfile::TempDir,
+    > for SuiteBuilder
+{
+    async fn build(
+        &self,
+    ) -> Result<
+        (
+            tempfile::TempDir,
+            super::log_store::RegionLogStore,
+            super::state_machine::RegionStateMachine,
+        ),
+        openraft::StorageError<super::types::RegionTypes>,
+    > {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RocksEngine::open(dir.path(), true).unwrap();
+        let regions = RegionRegistry::load(1, engine.clone()).unwrap();
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let ctx = Arc::new(StoreContext {
+            store_id: 1,
+            engine: engine.clone(),
+            regions,
+            events,
+            transport: Transport::new(1, TransportConfig::default()),
+            resolver: Arc::new(Arc::new(MapResolver::default())),
+            raft_config: raft_config(),
+        });
+        // Another Region's Raft state beside it must never leak in.
+        let neighbour = super::log_store::RegionLogStore::new(8, engine.clone());
+        drop(neighbour);
+        let log = super::log_store::RegionLogStore::new(7, engine);
+        let region = Arc::new(RwLock::new(region(7, b"", b"", &[(1, 1)])));
+        let sm = super::state_machine::RegionStateMachine::new(
+            7,
+            ctx,
+            region,
+            Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        );
+        Ok((dir, log, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_storage_passes_openraft_suite() {
+    openraft::testing::log::Suite::test_all(SuiteBuilder)
+        .await
+        .unwrap();
 }

@@ -344,6 +344,12 @@ fn raft_config(config: &Config) -> Result<Arc<openraft::Config>, NodeError> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1_000),
         max_in_snapshot_log_to_keep: 200,
         enable_pre_vote: Some(true),
+        // Replies of one Region can overtake each other on the transport
+        // (each message is handled on its own task), so a heartbeat's
+        // "conflict" may arrive after a newer success; openraft then sees a
+        // follower "going back" and must restart its probe instead of
+        // asserting.
+        allow_log_reversion: Some(true),
         ..Default::default()
     }
     .validate()
