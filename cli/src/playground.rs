@@ -21,10 +21,13 @@ pub struct Args {
     /// Placement members (1, or 3 or 5 for a replicated placement).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
     pub placements: u8,
-    /// Storage node gRPC listen address.
+    /// Storage node gRPC listen address; further stores use the next ports.
     #[arg(long, default_value = "127.0.0.1:20160")]
     pub store_addr: String,
-    /// Storage node HTTP status address ("" disables it).
+    /// Storage nodes; each Region is kept on up to 3 of them.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub stores: u8,
+    /// Storage node HTTP status address, next ports for further stores ("" disables it).
     #[arg(long, default_value = "127.0.0.1:20180")]
     pub status_addr: String,
     /// Client API the cluster serves: 1, or 2 for keyspaces
@@ -36,7 +39,7 @@ pub struct Args {
 /// A running playground cluster.
 pub struct Playground {
     pub placements: Vec<shale_placement::PlacementServer>,
-    pub store: shale_storage_node::StorageNode,
+    pub stores: Vec<shale_storage_node::StorageNode>,
 }
 
 /// How long a replicated placement gets to elect its first leader.
@@ -98,6 +101,7 @@ async fn start_placements(args: &Args) -> Result<Vec<shale_placement::PlacementS
         let server = shale_placement::start(shale_placement::Config {
             data_dir: args.data_dir.join("placement"),
             listen_addr: first,
+            max_replicas: max_replicas(args),
             ..Default::default()
         })
         .await
@@ -119,6 +123,7 @@ async fn start_placements(args: &Args) -> Result<Vec<shale_placement::PlacementS
             data_dir: args.data_dir.join(name(i)),
             listen_addr: *addr,
             initial_cluster: Some(initial_cluster.clone()),
+            max_replicas: max_replicas(args),
             ..Default::default()
         };
         match shale_placement::start(config).await {
@@ -138,6 +143,33 @@ async fn start_placements(args: &Args) -> Result<Vec<shale_placement::PlacementS
     Ok(servers)
 }
 
+/// Replicas per Region: 3, or fewer when there are fewer stores.
+fn max_replicas(args: &Args) -> u32 {
+    u32::from(args.stores.min(3))
+}
+
+/// `addr` with its port moved up by `offset` (port 0 stays 0: any free port).
+fn nth_addr(addr: &str, offset: u8) -> Result<String> {
+    if addr.is_empty() {
+        return Ok(String::new());
+    }
+    let parsed: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{addr:?} is not an ip:port address"))?;
+    if parsed.port() == 0 {
+        return Ok(addr.to_string());
+    }
+    let port = parsed
+        .port()
+        .checked_add(u16::from(offset))
+        .context("port too high for that many stores")?;
+    Ok(SocketAddr::new(parsed.ip(), port).to_string())
+}
+
+async fn shutdown_stores(stores: Vec<shale_storage_node::StorageNode>) {
+    futures::future::join_all(stores.into_iter().map(|s| s.shutdown())).await;
+}
+
 async fn shutdown_all(servers: Vec<shale_placement::PlacementServer>) {
     futures::future::join_all(servers.into_iter().map(|s| s.shutdown())).await;
 }
@@ -148,22 +180,36 @@ impl Playground {
             .with_context(|| format!("creating {}", args.data_dir.display()))?;
         check_member_count(&args.data_dir, args.placements)?;
         let placements = start_placements(args).await?;
-        let store_config = shale_storage_node::Config {
-            data_dir: args.data_dir.join("store-1"),
-            listen_addr: args.store_addr.clone(),
-            status_addr: args.status_addr.clone(),
-            pd_endpoints: placements.iter().map(|p| p.addr().to_string()).collect(),
-            api_version: args.api_version,
-            ..Default::default()
-        };
-        let store = match shale_storage_node::start(store_config).await {
-            Ok(s) => s,
-            Err(e) => {
-                shutdown_all(placements).await;
-                return Err(e).context("starting the storage node");
+        let pd_endpoints: Vec<String> = placements.iter().map(|p| p.addr().to_string()).collect();
+        let mut stores = Vec::new();
+        // One after the other: the first bootstraps the cluster.
+        for i in 0..args.stores {
+            let config = (|| -> Result<shale_storage_node::Config> {
+                Ok(shale_storage_node::Config {
+                    data_dir: args.data_dir.join(format!("store-{}", i + 1)),
+                    listen_addr: nth_addr(&args.store_addr, i)?,
+                    status_addr: nth_addr(&args.status_addr, i)?,
+                    pd_endpoints: pd_endpoints.clone(),
+                    api_version: args.api_version,
+                    ..Default::default()
+                })
+            })();
+            let started = match config {
+                Ok(config) => shale_storage_node::start(config)
+                    .await
+                    .with_context(|| format!("starting storage node {}", i + 1)),
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(store) => stores.push(store),
+                Err(e) => {
+                    shutdown_stores(stores).await;
+                    shutdown_all(placements).await;
+                    return Err(e);
+                }
             }
-        };
-        Ok(Playground { placements, store })
+        }
+        Ok(Playground { placements, stores })
     }
 
     /// Every placement member's address (clients may be given all of them).
@@ -175,7 +221,7 @@ impl Playground {
     }
 
     pub async fn shutdown(self) {
-        self.store.shutdown().await;
+        shutdown_stores(self.stores).await;
         shutdown_all(self.placements).await;
     }
 }
@@ -204,11 +250,10 @@ pub async fn run(args: Args) -> Result<()> {
             endpoints.len()
         );
     }
-    println!(
-        "  store {}        : {}",
-        playground.store.store_id(),
-        playground.store.addr()
-    );
+    for store in &playground.stores {
+        println!("  store {:<9}: {}", store.store_id(), store.addr());
+    }
+    println!("  replicas       : {} per Region", max_replicas(&args));
     println!("  client API     : V{}", args.api_version);
     println!();
     println!("Connect with the TiKV Rust client (tikv-client 0.4):");

@@ -61,22 +61,36 @@ fn read_key(seq: u64, client: usize, keys: u64) -> Vec<u8> {
 
 struct Row {
     workload: &'static str,
+    /// The cluster shape it ran on ("" for baselines).
+    topology: &'static str,
     clients: usize,
     sample: Sample,
 }
 
+impl Row {
+    fn new(workload: &'static str, topology: &'static str, clients: usize, sample: Sample) -> Self {
+        Row {
+            workload,
+            topology,
+            clients,
+            sample,
+        }
+    }
+}
+
 fn print_rows(rows: &[Row], baseline_of: impl Fn(&Row) -> Option<f64>) {
     println!(
-        "{:<22} {:>7} {:>12} {:>10} {:>10} {:>12}",
-        "workload", "clients", "ops/s", "p50 ms", "p99 ms", "vs baseline"
+        "{:<22} {:<12} {:>7} {:>12} {:>10} {:>10} {:>12}",
+        "workload", "cluster", "clients", "ops/s", "p50 ms", "p99 ms", "vs baseline"
     );
     for r in rows {
         let ratio = baseline_of(r).map_or("-".to_string(), |b| {
             format!("{:.2}x", r.sample.ops_per_sec() / b)
         });
         println!(
-            "{:<22} {:>7} {:>12.0} {:>10.3} {:>10.3} {:>12}",
+            "{:<22} {:<12} {:>7} {:>12.0} {:>10.3} {:>10.3} {:>12}",
             r.workload,
+            r.topology,
             r.clients,
             r.sample.ops_per_sec(),
             r.sample.percentile_ms(0.5),
@@ -102,28 +116,75 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-async fn run_kv(args: &Args, root: &std::path::Path, duration: Duration) -> Result<()> {
-    let value = Arc::new(vec![b'v'; args.value_size]);
+/// Cluster shapes measured in one run: each workload runs on each.
+const TOPOLOGIES: [(u8, &str); 2] = [(1, "1 store"), (3, "3 stores x3")];
 
+/// Workload names, one row per (workload, topology, clients).
+const RAW_PUT: &str = "raw put";
+const RAW_GET: &str = "raw get";
+const YCSB_A: &str = "ycsb-a 50r/50u";
+const YCSB_B: &str = "ycsb-b 95r/5u";
+const YCSB_C: &str = "ycsb-c 100r";
+const TXN: &str = "txn 2-key commit";
+
+/// A YCSB-style mix: `read_pct` percent reads of preloaded keys, the rest
+/// updates of them.
+async fn ycsb(
+    raw: &RawClient,
+    clients: usize,
+    duration: Duration,
+    keys: u64,
+    value: &Arc<Vec<u8>>,
+    read_pct: u64,
+) -> Result<Sample> {
+    let (client, v) = (raw.clone(), value.clone());
+    run_async(clients, duration, move |cl, seq| {
+        let (client, v) = (client.clone(), v.clone());
+        async move {
+            let key = read_key(seq, cl, keys);
+            let dice = seq
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(cl as u64)
+                % 100;
+            if dice < read_pct {
+                client.get(key).await?.context("preloaded key missing")?;
+            } else {
+                client.put(key, v.to_vec()).await?;
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Every workload on one cluster shape; returns the rows and the cluster's
+/// (fsynced engine writes, acknowledged client writes).
+async fn measure_topology(
+    args: &Args,
+    dir: &std::path::Path,
+    stores: u8,
+    label: &'static str,
+    duration: Duration,
+    value: &Arc<Vec<u8>>,
+) -> Result<(Vec<Row>, u64, u64)> {
     let pg = Playground::start(&playground::Args {
-        data_dir: root.join("cluster"),
+        data_dir: dir.to_path_buf(),
         pd_addr: "127.0.0.1:0".into(),
         placements: 1,
         store_addr: "127.0.0.1:0".into(),
+        stores,
         status_addr: String::new(),
         api_version: 1,
     })
     .await?;
     let pd = pg.pd_endpoints();
-    println!(
-        "shale bench: {}-byte values, {:.1}s per measurement, fsync on every acknowledged write",
-        args.value_size, args.seconds
-    );
     let raw = RawClient::new(pd.clone()).await.context("raw client")?;
     let txn = TransactionClient::new(pd).await.context("txn client")?;
-    preload(&raw, args.keys, &value).await?;
-
+    preload(&raw, args.keys, value).await?;
+    wait_replicated(&pg, stores).await?;
     let mut rows = Vec::new();
+    let mut client_writes = 0u64;
+    let fsyncs_before = fsyncs(&pg);
     for &c in &args.clients {
         let (client, v) = (raw.clone(), value.clone());
         let sample = run_async(c, duration, move |cl, seq| {
@@ -131,11 +192,8 @@ async fn run_kv(args: &Args, root: &std::path::Path, duration: Duration) -> Resu
             async move { Ok(client.put(key("raw-", cl, seq), v.to_vec()).await?) }
         })
         .await?;
-        rows.push(Row {
-            workload: "raw put",
-            clients: c,
-            sample,
-        });
+        client_writes += sample.ops;
+        rows.push(Row::new(RAW_PUT, label, c, sample));
 
         let (client, keys) = (raw.clone(), args.keys);
         let sample = run_async(c, duration, move |cl, seq| {
@@ -149,11 +207,13 @@ async fn run_kv(args: &Args, root: &std::path::Path, duration: Duration) -> Resu
             }
         })
         .await?;
-        rows.push(Row {
-            workload: "raw get",
-            clients: c,
-            sample,
-        });
+        rows.push(Row::new(RAW_GET, label, c, sample));
+
+        for (name, read_pct) in [(YCSB_A, 50), (YCSB_B, 95), (YCSB_C, 100)] {
+            let sample = ycsb(&raw, c, duration, args.keys, value, read_pct).await?;
+            client_writes += sample.ops * (100 - read_pct) / 100;
+            rows.push(Row::new(name, label, c, sample));
+        }
 
         let (client, v) = (txn.clone(), value.clone());
         let sample = run_async(c, duration, move |cl, seq| {
@@ -167,27 +227,92 @@ async fn run_kv(args: &Args, root: &std::path::Path, duration: Duration) -> Resu
             }
         })
         .await?;
-        rows.push(Row {
-            workload: "txn 2-key commit",
-            clients: c,
-            sample,
-        });
+        // Prewrite and commit: two acknowledged writes per transaction.
+        client_writes += sample.ops * 2;
+        rows.push(Row::new(TXN, label, c, sample));
     }
-    let stats = pg.store.write_stats();
-    let synced = stats
-        .synced_writes
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let acked = stats
-        .acknowledged_batches
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let synced = fsyncs(&pg) - fsyncs_before;
     pg.shutdown().await;
+    Ok((rows, synced, client_writes))
+}
 
+/// fsynced RocksDB writes so far, over every store of the playground.
+fn fsyncs(pg: &Playground) -> u64 {
+    pg.stores
+        .iter()
+        .map(|s| {
+            s.write_stats()
+                .synced_writes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum()
+}
+
+/// Waits (bounded) until placement reports every Region on all `stores`
+/// replicas, so the measurement sees the replicated steady state.
+async fn wait_replicated(pg: &Playground, stores: u8) -> Result<()> {
+    let want = usize::from(stores.min(3));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let endpoint = pg.pd_endpoints().first().cloned().unwrap_or_default();
+    loop {
+        let mut pd =
+            shale_proto::pdpb::pd_client::PdClient::connect(format!("http://{endpoint}")).await?;
+        let members = pd
+            .get_members(shale_proto::pdpb::GetMembersRequest::default())
+            .await?
+            .into_inner();
+        let header = Some(shale_proto::pdpb::RequestHeader {
+            cluster_id: members.header.map_or(0, |h| h.cluster_id),
+            sender_id: 0,
+        });
+        let regions = pd
+            .scan_regions(shale_proto::pdpb::ScanRegionsRequest {
+                header,
+                start_key: Vec::new(),
+                end_key: Vec::new(),
+                limit: 0,
+            })
+            .await?
+            .into_inner();
+        let metas = if regions.regions.is_empty() {
+            regions.region_metas
+        } else {
+            regions
+                .regions
+                .into_iter()
+                .filter_map(|r| r.region)
+                .collect()
+        };
+        if !metas.is_empty() && metas.iter().all(|r| r.peers.len() >= want) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("Regions not on {want} stores after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn run_kv(args: &Args, root: &std::path::Path, duration: Duration) -> Result<()> {
+    let value = Arc::new(vec![b'v'; args.value_size]);
+    println!(
+        "shale bench: {}-byte values, {:.1}s per measurement, fsync on every acknowledged write",
+        args.value_size, args.seconds
+    );
+    let mut rows = Vec::new();
+    let mut factors = Vec::new();
+    for (stores, label) in TOPOLOGIES {
+        let dir = root.join(format!("cluster-{stores}"));
+        let (r, synced, writes) =
+            measure_topology(args, &dir, stores, label, duration, &value).await?;
+        rows.extend(r);
+        factors.push((label, synced, writes));
+    }
     let baseline = baseline_rows(&root.join("baseline"), args, duration, &value).await?;
     let base_for = |r: &Row| {
-        let name = if r.workload == "raw get" {
-            "rocksdb get"
-        } else {
-            "rocksdb put (fsync)"
+        let name = match r.workload {
+            RAW_GET | YCSB_C => "rocksdb get",
+            _ => "rocksdb put (fsync)",
         };
         baseline
             .iter()
@@ -199,10 +324,12 @@ async fn run_kv(args: &Args, root: &std::path::Path, duration: Duration) -> Resu
     println!();
     print_rows(&baseline, |_| None);
     println!();
-    println!(
-        "group commit: {acked} acknowledged write batches in {synced} fsynced RocksDB writes ({:.2} per fsync)",
-        acked as f64 / synced.max(1) as f64
-    );
+    for (label, synced, writes) in factors {
+        println!(
+            "{label}: {writes} acknowledged client writes, {synced} fsynced RocksDB writes over all stores ({:.3} fsyncs per acknowledged write)",
+            synced as f64 / writes.max(1) as f64
+        );
+    }
     Ok(())
 }
 
@@ -242,11 +369,7 @@ async fn baseline_rows(
             Ok(d.put_opt(key("raw-", cl, seq), v.as_slice(), &wo)?)
         })
         .await?;
-        rows.push(Row {
-            workload: "rocksdb put (fsync)",
-            clients: c,
-            sample,
-        });
+        rows.push(Row::new("rocksdb put (fsync)", "", c, sample));
         let (d, keys) = (db.clone(), args.keys);
         let sample = run_blocking(c, duration, move |cl, seq| {
             d.get(read_key(seq, cl, keys))?
@@ -254,11 +377,7 @@ async fn baseline_rows(
             Ok(())
         })
         .await?;
-        rows.push(Row {
-            workload: "rocksdb get",
-            clients: c,
-            sample,
-        });
+        rows.push(Row::new("rocksdb get", "", c, sample));
     }
     Ok(rows)
 }

@@ -23,6 +23,7 @@ pub async fn run(clients: &[usize], dir: &Path, duration: Duration) -> Result<()
             pd_addr: "127.0.0.1:0".into(),
             placements,
             store_addr: "127.0.0.1:0".into(),
+            stores: 1,
             status_addr: String::new(),
             api_version: 1,
         })
@@ -40,11 +41,7 @@ pub async fn run(clients: &[usize], dir: &Path, duration: Duration) -> Result<()
                 }
             })
             .await?;
-            rows.push(Row {
-                workload,
-                clients: c,
-                sample,
-            });
+            rows.push(Row::new(workload, "1 store", c, sample));
         }
         drop(client);
         pg.shutdown().await;

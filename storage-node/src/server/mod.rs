@@ -286,8 +286,16 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         }
     }));
     let command_router = router.clone();
+    let mut commands_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        while let Some(command) = commands_rx.recv().await {
+        loop {
+            let command = tokio::select! {
+                command = commands_rx.recv() => command,
+                _ = commands_shutdown.changed() => None,
+            };
+            let Some(command) = command else {
+                return;
+            };
             let router = command_router.clone();
             tokio::spawn(async move { router.handle_command(command).await });
         }
