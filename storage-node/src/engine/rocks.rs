@@ -95,7 +95,9 @@ impl RocksEngine {
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         let stats = Arc::new(WriteStats::default());
         let (writer, rx) = mpsc::channel();
-        let (db2, stats2) = (db.clone(), stats.clone());
+        // The writer holds the DB weakly: the last user to let go closes it,
+        // on its own thread, so a closing DB never races a process exit.
+        let (db2, stats2) = (Arc::downgrade(&db), stats.clone());
         std::thread::Builder::new()
             .name("engine-writer".into())
             .spawn(move || write_loop(db2, rx, sync, stats2))
@@ -209,7 +211,12 @@ impl RocksEngine {
     }
 }
 
-fn write_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteRequest>, sync: bool, stats: Arc<WriteStats>) {
+fn write_loop(
+    db: std::sync::Weak<DB>,
+    rx: mpsc::Receiver<WriteRequest>,
+    sync: bool,
+    stats: Arc<WriteStats>,
+) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -223,7 +230,10 @@ fn write_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteRequest>, sync: bool, stats: 
         let synced = sync && group.iter().any(|r| r.batch.sync);
         let mut wo = WriteOptions::default();
         wo.set_sync(synced);
-        let result = build_batch(&db, &group).and_then(|wb| Ok(db.write_opt(wb, &wo)?));
+        let result = match db.upgrade() {
+            Some(db) => build_batch(&db, &group).and_then(|wb| Ok(db.write_opt(wb, &wo)?)),
+            None => Err(EngineError::Closed),
+        };
         if synced {
             stats.synced_writes.fetch_add(1, Ordering::Relaxed);
             stats.acknowledged_batches.fetch_add(

@@ -76,7 +76,13 @@ impl Peer {
         };
         let log_store = RegionLogStore::new(region_id, ctx.engine.clone());
         let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sm = RegionStateMachine::new(region_id, ctx.clone(), shared.clone(), leading.clone());
+        let sm = RegionStateMachine::new(
+            region_id,
+            peer_id,
+            ctx.clone(),
+            shared.clone(),
+            leading.clone(),
+        );
         let raft = Raft::new(peer_id, ctx.raft_config.clone(), network, log_store, sm)
             .await
             .map_err(|e| e.to_string())?;
@@ -261,6 +267,7 @@ impl Peer {
     /// Placement asked for a new replica on `store_id`: add it as a learner
     /// (it catches up by log or snapshot), then make it a voter.
     pub async fn add_peer(&self, peer_id: PeerId, store_id: u64) -> Result<(), String> {
+        self.compact_log().await?;
         self.raft
             .add_learner(peer_id, PeerNode { store_id }, true)
             .await
@@ -270,6 +277,57 @@ impl Peer {
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// Snapshots the state machine and purges the log it covers, so that a
+    /// replica added next starts from a snapshot: the snapshot carries the
+    /// Region's range and epoch, which replaying the log from the start
+    /// cannot reconstruct.
+    async fn compact_log(&self) -> Result<(), String> {
+        let applied = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |id| id.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| e.to_string())?;
+        let snapshot = self
+            .wait_metric(|m| m.snapshot.map(|id| id.index).filter(|&i| i >= applied))
+            .await
+            .ok_or("no snapshot within the wait")?;
+        self.raft
+            .trigger()
+            .purge_log(snapshot)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.wait_metric(|m| m.purged.map(|id| id.index).filter(|&i| i >= snapshot))
+            .await
+            .ok_or("log not purged within the wait")?;
+        Ok(())
+    }
+
+    /// Waits (bounded) until `f` finds what it looks for in the metrics.
+    async fn wait_metric<T>(
+        &self,
+        f: impl Fn(&openraft::RaftMetrics<super::types::RegionTypes>) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(found) = f(&metrics.borrow_watched()) {
+                return Some(found);
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
     }
 
     /// Placement asked to drop the replica `peer_id`.

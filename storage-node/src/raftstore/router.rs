@@ -23,6 +23,44 @@ use crate::region::RegionRegistry;
 
 const TOMBSTONE_PREFIX: &[u8] = b"\x01tombstone\x00";
 
+/// The parts of `[start, end)` (empty `end`: unbounded) that none of
+/// `others` covers, in key order.
+fn uncovered(start: &[u8], end: &[u8], others: &[metapb::Region]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut taken: Vec<(&[u8], &[u8])> = others
+        .iter()
+        .map(|r| (r.start_key.as_slice(), r.end_key.as_slice()))
+        .collect();
+    taken.sort();
+    let before_end = |k: &[u8]| end.is_empty() || k < end;
+    let mut out = Vec::new();
+    let mut cursor = start.to_vec();
+    for (s, e) in taken {
+        // Regions entirely before the cursor do not matter.
+        if !e.is_empty() && e <= cursor.as_slice() {
+            continue;
+        }
+        if !before_end(s) {
+            break;
+        }
+        if s > cursor.as_slice() {
+            out.push((cursor.clone(), s.to_vec()));
+        }
+        if e.is_empty() {
+            return out;
+        }
+        if e > cursor.as_slice() {
+            cursor = e.to_vec();
+        }
+        if !before_end(&cursor) {
+            return out;
+        }
+    }
+    if before_end(&cursor) {
+        out.push((cursor, end.to_vec()));
+    }
+    out
+}
+
 fn tombstone_key(region_id: u64) -> Vec<u8> {
     let mut k = TOMBSTONE_PREFIX.to_vec();
     k.extend_from_slice(&region_id.to_be_bytes());
@@ -36,6 +74,11 @@ pub struct Router {
     lifecycle: tokio::sync::Mutex<()>,
     /// Removed replicas by Region: messages to this peer id or older are stale.
     tombstones: RwLock<HashMap<u64, u64>>,
+    /// Held for writing from a split's proposal until placement has its
+    /// report, and for reading by Region heartbeats: placement must never
+    /// hear of a split half before the split itself, or its routing would
+    /// have a hole that clients fall into.
+    pub split_report: tokio::sync::RwLock<()>,
 }
 
 impl Router {
@@ -63,6 +106,7 @@ impl Router {
             peers: RwLock::default(),
             lifecycle: tokio::sync::Mutex::new(()),
             tombstones: RwLock::new(tombstones),
+            split_report: tokio::sync::RwLock::new(()),
         });
         for region in ctx.regions.all() {
             let Some(local) = ctx.regions.local_peer(&region) else {
@@ -169,12 +213,22 @@ impl Router {
             sync: true,
             ..Default::default()
         };
-        for cf in CfName::ALL {
-            batch.data.push(Modify::DeleteRange(
-                cf,
-                region.start_key.clone(),
-                region.end_key.clone(),
-            ));
+        // A removed replica may never have applied a later split, so its
+        // range can cover Regions this store still holds: delete only what
+        // no other Region here owns.
+        let others: Vec<metapb::Region> = self
+            .ctx
+            .regions
+            .all()
+            .into_iter()
+            .filter(|r| r.id != region_id)
+            .collect();
+        for (start, end) in uncovered(&region.start_key, &region.end_key, &others) {
+            for cf in CfName::ALL {
+                batch
+                    .data
+                    .push(Modify::DeleteRange(cf, start.clone(), end.clone()));
+            }
         }
         batch
             .meta
@@ -350,6 +404,45 @@ impl Router {
         for peer in peers {
             peer.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: &str, end: &str) -> metapb::Region {
+        metapb::Region {
+            start_key: start.as_bytes().to_vec(),
+            end_key: end.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn v(parts: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        parts
+            .iter()
+            .map(|(s, e)| (s.as_bytes().to_vec(), e.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn destroy_keeps_ranges_other_regions_own() {
+        assert_eq!(uncovered(b"a", b"z", &[]), v(&[("a", "z")]));
+        assert_eq!(
+            uncovered(b"a", b"z", &[r("c", "f")]),
+            v(&[("a", "c"), ("f", "z")])
+        );
+        assert_eq!(uncovered(b"", b"", &[r("", "m")]), v(&[("m", "")]));
+        assert_eq!(
+            uncovered(b"a", b"m", &[r("", "c"), r("k", "")]),
+            v(&[("c", "k")])
+        );
+        assert_eq!(uncovered(b"c", b"f", &[r("a", "z")]), v(&[]));
+        assert_eq!(
+            uncovered(b"", b"", &[r("b", "c"), r("x", "y")]),
+            v(&[("", "b"), ("c", "x"), ("y", "")])
+        );
     }
 }
 

@@ -38,6 +38,12 @@ pub struct RegionStateMachine {
     region: Arc<RwLock<metapb::Region>>,
     /// Whether this replica leads, kept current by the peer.
     leading: Arc<std::sync::atomic::AtomicBool>,
+    /// This replica's peer id.
+    peer_id: u64,
+    /// Whether an applied membership included this replica. A new replica
+    /// replays memberships from before it was added: only a membership that
+    /// drops it after it was in one means it was removed.
+    was_member: bool,
 }
 
 fn epoch_of(region: &metapb::Region) -> Epoch {
@@ -88,16 +94,32 @@ impl RegionStateMachine {
 
     pub fn new(
         region_id: u64,
+        peer_id: u64,
         ctx: Arc<StoreContext>,
         region: Arc<RwLock<metapb::Region>>,
         leading: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
-        RegionStateMachine {
+        let mut sm = RegionStateMachine {
             region_id,
             ctx,
             region,
             leading,
-        }
+            peer_id,
+            was_member: false,
+        };
+        sm.was_member = sm
+            .read_meta::<StoredMembership>(&keys::membership_key(region_id))
+            .ok()
+            .flatten()
+            .is_some_and(|m| sm.includes_self(&m));
+        sm
+    }
+
+    fn includes_self(&self, membership: &StoredMembership) -> bool {
+        membership
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id == self.peer_id)
     }
 
     fn read_meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -207,6 +229,7 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
         let mut region = self.region.read().clone();
         let mut region_changed = false;
         let mut new_regions: Vec<metapb::Region> = Vec::new();
+        let mut removed = false;
         let mut last = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
@@ -258,6 +281,9 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
                 }
                 EntryPayload::Membership(membership) => {
                     let stored = StoredMembership::new(Some(log_id), membership.clone());
+                    let member = self.includes_self(&stored);
+                    removed = self.was_member && !member;
+                    self.was_member |= member;
                     batch.meta.push(MetaWrite::Put(
                         keys::membership_key(self.region_id),
                         encode(&stored)?,
@@ -296,12 +322,11 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
         if region_changed {
             *self.region.write() = region.clone();
             self.ctx.regions.set_in_memory(region.clone());
-            let still_member = region.peers.iter().any(|p| p.store_id == self.ctx.store_id);
-            if !still_member {
-                let _ = self.ctx.events.send(StoreEvent::PeerRemoved {
-                    region_id: self.region_id,
-                });
-            }
+        }
+        if removed {
+            let _ = self.ctx.events.send(StoreEvent::PeerRemoved {
+                region_id: self.region_id,
+            });
         }
         if !new_regions.is_empty() {
             for part in &new_regions {
@@ -324,6 +349,8 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
             ctx: self.ctx.clone(),
             region: self.region.clone(),
             leading: self.leading.clone(),
+            peer_id: self.peer_id,
+            was_member: self.was_member,
         }
     }
 
@@ -365,6 +392,7 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
         ));
         batch.meta.push(RegionRegistry::meta_write(&region));
         self.ctx.engine.write_batch(batch).await.map_err(io_err)?;
+        self.was_member = self.includes_self(&meta.last_membership);
         *self.region.write() = region.clone();
         self.ctx.regions.set_in_memory(region);
         Ok(())

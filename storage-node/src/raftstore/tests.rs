@@ -422,6 +422,7 @@ impl
         let region = Arc::new(RwLock::new(region(7, b"", b"", &[(1, 1)])));
         let sm = super::state_machine::RegionStateMachine::new(
             7,
+            1,
             ctx,
             region,
             Arc::new(std::sync::atomic::AtomicBool::new(false)),

@@ -65,6 +65,7 @@ impl<P: PdClient> Heartbeats<P> {
     }
 
     async fn report_regions(&self) -> Result<(), crate::pd_client::PdError> {
+        let _no_split_unreported = self.router.split_report.read().await;
         for peer in self.router.peers() {
             if !peer.is_leader() {
                 continue;
