@@ -407,6 +407,25 @@ impl Router {
     }
 }
 
+/// The transport's way into the router; weak so a stopped store is freed.
+pub struct RouterDispatch(pub std::sync::Weak<Router>);
+
+impl Dispatch for RouterDispatch {
+    fn dispatch(
+        &self,
+        _from_store: u64,
+        envelope: Envelope,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let router = self.0.upgrade();
+        Box::pin(async move {
+            match router {
+                Some(router) => router.handle(envelope).await,
+                None => Err("store is shutting down".into()),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,24 +462,5 @@ mod tests {
             uncovered(b"", b"", &[r("b", "c"), r("x", "y")]),
             v(&[("", "b"), ("c", "x"), ("y", "")])
         );
-    }
-}
-
-/// The transport's way into the router; weak so a stopped store is freed.
-pub struct RouterDispatch(pub std::sync::Weak<Router>);
-
-impl Dispatch for RouterDispatch {
-    fn dispatch(
-        &self,
-        _from_store: u64,
-        envelope: Envelope,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
-        let router = self.0.upgrade();
-        Box::pin(async move {
-            match router {
-                Some(router) => router.handle(envelope).await,
-                None => Err("store is shutting down".into()),
-            }
-        })
     }
 }

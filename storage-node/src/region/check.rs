@@ -27,6 +27,47 @@ pub trait RegionRequest {
     fn context(&self) -> Option<&kvrpcpb::Context>;
     fn key_mode(&self) -> KeyMode;
     fn scope(&self) -> ScopeKeys<'_>;
+    /// Narrows a request that may reach past the Region (a scan's far
+    /// bound, as TiKV allows) to the Region's range. Most requests have
+    /// nothing to narrow.
+    fn clamp_to_region(&mut self, _region: &metapb::Region) {}
+}
+
+/// The client form of a Region boundary: raw API V1 keys are stored as
+/// given, everything else is memcomparable-encoded.
+pub fn client_key(mode: KeyMode, api: ApiVersion, region_key: &[u8]) -> Option<Vec<u8>> {
+    match (mode, api) {
+        (KeyMode::Raw, ApiVersion::V1) | (KeyMode::Raw, ApiVersion::V1ttl) => {
+            Some(region_key.to_vec())
+        }
+        _ => crate::codec::decode_bytes(region_key).ok().map(|(k, _)| k),
+    }
+}
+
+/// Clamps a scan's far bound to `region`: `end` for forward scans (the
+/// exclusive upper bound), `end` as the lower bound for reverse scans.
+pub fn clamp_scan(
+    mode: KeyMode,
+    api: ApiVersion,
+    region: &metapb::Region,
+    reverse: bool,
+    end: &mut Vec<u8>,
+) {
+    let to_region = |k: &[u8]| region_space_key(mode, api, k);
+    if reverse {
+        if region.start_key.is_empty() {
+            return;
+        }
+        if end.is_empty() || to_region(end) < region.start_key {
+            if let Some(k) = client_key(mode, api, &region.start_key) {
+                *end = k;
+            }
+        }
+    } else if !region.end_key.is_empty() && (end.is_empty() || to_region(end) > region.end_key) {
+        if let Some(k) = client_key(mode, api, &region.end_key) {
+            *end = k;
+        }
+    }
 }
 
 fn region_not_found(region_id: u64) -> errorpb::Error {

@@ -48,11 +48,36 @@ scoped!(kvrpcpb::RawBatchPutRequest, Raw, |r| ScopeKeys::Keys(
 ));
 scoped!(kvrpcpb::RawDeleteRequest, Raw, |r| one(&r.key));
 scoped!(kvrpcpb::RawBatchDeleteRequest, Raw, |r| many(&r.keys));
-scoped!(kvrpcpb::RawScanRequest, Raw, |r| scan(
-    &r.start_key,
-    &r.end_key,
-    r.reverse
-));
+/// A scan must start inside the Region; its far bound may reach past it
+/// (as TiKV allows) and is clamped to the Region.
+macro_rules! scan_request {
+    ($ty:ty, $mode:expr) => {
+        impl RegionRequest for $ty {
+            fn context(&self) -> Option<&kvrpcpb::Context> {
+                self.context.as_ref()
+            }
+            fn key_mode(&self) -> KeyMode {
+                $mode
+            }
+            fn scope(&self) -> ScopeKeys<'_> {
+                if self.reverse {
+                    ScopeKeys::Ranges(vec![(&[], &self.start_key)])
+                } else {
+                    ScopeKeys::Ranges(vec![(&self.start_key, &[])])
+                }
+            }
+            fn clamp_to_region(&mut self, region: &shale_proto::metapb::Region) {
+                let api = self
+                    .context
+                    .as_ref()
+                    .map_or(kvrpcpb::ApiVersion::V1, |c| c.api_version());
+                super::check::clamp_scan($mode, api, region, self.reverse, &mut self.end_key);
+            }
+        }
+    };
+}
+
+scan_request!(kvrpcpb::RawScanRequest, Raw);
 scoped!(kvrpcpb::RawBatchScanRequest, Raw, |r| ScopeKeys::Ranges(
     r.ranges
         .iter()
@@ -73,11 +98,7 @@ scoped!(kvrpcpb::RawGetKeyTtlRequest, Raw, |r| one(&r.key));
 
 scoped!(kvrpcpb::GetRequest, Txn, |r| one(&r.key));
 scoped!(kvrpcpb::BatchGetRequest, Txn, |r| many(&r.keys));
-scoped!(kvrpcpb::ScanRequest, Txn, |r| scan(
-    &r.start_key,
-    &r.end_key,
-    r.reverse
-));
+scan_request!(kvrpcpb::ScanRequest, Txn);
 scoped!(kvrpcpb::PrewriteRequest, Txn, |r| ScopeKeys::Keys(
     r.mutations.iter().map(|m| m.key.as_slice()).collect()
 ));

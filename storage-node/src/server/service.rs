@@ -161,7 +161,7 @@ macro_rules! tikv_impl {
             $(
                 async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
                     let started = Instant::now();
-                    let req = request.into_inner();
+                    let mut req = request.into_inner();
                     let result = match self.check_api_version(RegionRequest::context(&req)) {
                         Err(status) => Err(status),
                         Ok(()) => match self.regions.check(&req) {
@@ -169,7 +169,10 @@ macro_rules! tikv_impl {
                             metrics::REGION_ERRORS.with_label_values(&[stringify!($method)]).inc();
                             Ok(<$resp>::default_with_region_error(*region_error))
                         }
-                        Ok(_) => match self.storage.$method(req).await {
+                        Ok(region) => match {
+                            req.clamp_to_region(&region);
+                            self.storage.$method(req).await
+                        } {
                             Ok(resp) => Ok(resp),
                             // Raft said no (not leader, epoch moved, ...): the
                             // client re-routes, guided by the Region error.
