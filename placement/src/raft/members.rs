@@ -122,6 +122,28 @@ fn raft_err(
     }
 }
 
+/// Retries while an earlier membership change is still being committed
+/// (a join right before a removal), up to a few seconds.
+async fn change_membership_retrying(
+    raft: &super::types::Raft,
+    change: ChangeMembers<super::types::NodeId, PlacementNode>,
+) -> Result<(), MembershipError> {
+    use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
+    let mut attempts = 0;
+    loop {
+        match raft.change_membership(change.clone(), false).await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(raft_err(e)),
+        }
+    }
+}
+
 impl PlacementRaft {
     /// Adds a member: first as a learner that catches up, then as a voter.
     /// Re-adding a current member with the same url is a no-op.
@@ -151,11 +173,11 @@ impl PlacementRaft {
             .add_learner(id, node, true)
             .await
             .map_err(raft_err)?;
-        self.raft()
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(raft_err)?;
-        Ok(())
+        change_membership_retrying(
+            self.raft(),
+            ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+        )
+        .await
     }
 
     /// Removes a member by name (voter or learner).
@@ -178,11 +200,7 @@ impl PlacementRaft {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
         tracing::info!(member = name, "removing placement member");
-        self.raft()
-            .change_membership(change, false)
-            .await
-            .map_err(raft_err)?;
-        Ok(())
+        change_membership_retrying(self.raft(), change).await
     }
 
     /// True once this member is part of a group (formed or joined).

@@ -53,8 +53,11 @@ pub async fn follow(state: Arc<ServerState>) {
     let mut metrics = state.raft.raft().metrics();
     loop {
         let (leading, term) = {
-            let m = metrics.borrow_and_update();
-            (state.raft.is_leader(), m.current_term)
+            // Read the term and release the metrics lock before asking
+            // `is_leader`, which reads the same lock: a writer waiting in
+            // between would deadlock the two reads.
+            let term = metrics.borrow_and_update().current_term;
+            (state.raft.is_leader(), term)
         };
         if leading {
             match take_over(&state, term).await {
@@ -140,8 +143,8 @@ async fn serve_term(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         {
-            let m = metrics.borrow_and_update();
-            if !state.raft.is_leader() || m.current_term != leader.term {
+            let term = metrics.borrow_and_update().current_term;
+            if !state.raft.is_leader() || term != leader.term {
                 return;
             }
         }
