@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::duration::ConfigDuration;
+
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:2379";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +27,18 @@ pub struct Config {
     pub log_level: String,
     /// Replicas per region (`max_peer_count` in GetClusterConfig).
     pub max_replicas: u32,
+    /// A store silent this long is Down: its peers are replaced elsewhere.
+    pub max_store_down_time: ConfigDuration,
+    /// Leader transfers (balance-leader, evict-leader) in flight at once.
+    pub leader_schedule_limit: u64,
+    /// Peer moves of balance-region in flight at once.
+    pub region_schedule_limit: u64,
+    /// Replica repairs (missing, extra, down or offline peers) in flight at once.
+    pub replica_schedule_limit: u64,
+    /// Peers being added to one store at once (each is a snapshot it receives).
+    pub max_snapshot_count: u64,
+    /// How often the leader runs the replica checker and the schedulers.
+    pub schedule_interval: ConfigDuration,
     /// `name=url,...`: the members a new placement group starts with (every
     /// member gets the same list). Unset and not joining: a group of one.
     pub initial_cluster: Option<String>,
@@ -43,6 +57,12 @@ impl Default for Config {
             advertise_addr: None,
             log_level: "info".into(),
             max_replicas: 3,
+            max_store_down_time: ConfigDuration::from_secs(30 * 60),
+            leader_schedule_limit: 4,
+            region_schedule_limit: 2048,
+            replica_schedule_limit: 64,
+            max_snapshot_count: 64,
+            schedule_interval: ConfigDuration::from_millis(500),
             initial_cluster: None,
             join: Vec::new(),
             allow_fault_injection: false,
@@ -85,6 +105,16 @@ impl Config {
         if self.max_replicas == 0 {
             return Err(ConfigError::Invalid(
                 "max-replicas must be at least 1".into(),
+            ));
+        }
+        if self.max_store_down_time.as_millis() == 0 {
+            return Err(ConfigError::Invalid(
+                "max-store-down-time must be positive".into(),
+            ));
+        }
+        if self.schedule_interval.as_millis() == 0 {
+            return Err(ConfigError::Invalid(
+                "schedule-interval must be positive".into(),
             ));
         }
         if let Some(addr) = &self.advertise_addr {
@@ -162,6 +192,27 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub join: Option<Vec<String>>,
+    /// Replicas per Region [default: 3]
+    #[arg(long, value_name = "N")]
+    pub max_replicas: Option<u32>,
+    /// A store silent this long has its peers replaced, e.g. 30m, 90s, 500ms [default: 30m]
+    #[arg(long, value_name = "DURATION")]
+    pub max_store_down_time: Option<ConfigDuration>,
+    /// Leader transfers in flight at once [default: 4]
+    #[arg(long, value_name = "N")]
+    pub leader_schedule_limit: Option<u64>,
+    /// balance-region peer moves in flight at once [default: 2048]
+    #[arg(long, value_name = "N")]
+    pub region_schedule_limit: Option<u64>,
+    /// Replica repairs in flight at once [default: 64]
+    #[arg(long, value_name = "N")]
+    pub replica_schedule_limit: Option<u64>,
+    /// Peers being added to one store at once [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_snapshot_count: Option<u64>,
+    /// How often the scheduler runs, e.g. 500ms [default: 500ms]
+    #[arg(long, value_name = "DURATION")]
+    pub schedule_interval: Option<ConfigDuration>,
     /// Allow tests to cut this member off from its peers over HTTP
     #[arg(long, hide = true)]
     pub allow_fault_injection: bool,
@@ -194,6 +245,27 @@ impl Cli {
         }
         if let Some(v) = self.join {
             config.join = v;
+        }
+        if let Some(v) = self.max_replicas {
+            config.max_replicas = v;
+        }
+        if let Some(v) = self.max_store_down_time {
+            config.max_store_down_time = v;
+        }
+        if let Some(v) = self.leader_schedule_limit {
+            config.leader_schedule_limit = v;
+        }
+        if let Some(v) = self.region_schedule_limit {
+            config.region_schedule_limit = v;
+        }
+        if let Some(v) = self.replica_schedule_limit {
+            config.replica_schedule_limit = v;
+        }
+        if let Some(v) = self.max_snapshot_count {
+            config.max_snapshot_count = v;
+        }
+        if let Some(v) = self.schedule_interval {
+            config.schedule_interval = v;
         }
         if self.allow_fault_injection {
             config.allow_fault_injection = true;
@@ -240,6 +312,38 @@ mod tests {
         assert_eq!(config.listen_addr.port(), 1234);
         assert_eq!(config.max_replicas, 1);
         assert_eq!(config.log_level, "info");
+    }
+
+    #[test]
+    fn scheduling_knobs_from_file_and_flags() {
+        let file = write_file(
+            b"max-store-down-time = \"2s\"\nleader-schedule-limit = 1\nschedule-interval = 50\n",
+        );
+        let cli = Cli::try_parse_from([
+            "placement",
+            "--config",
+            file.path().to_str().unwrap(),
+            "--region-schedule-limit",
+            "8",
+            "--max-replicas",
+            "5",
+        ])
+        .unwrap();
+        let config = cli.into_config().unwrap();
+        assert_eq!(config.max_store_down_time.as_millis(), 2_000);
+        assert_eq!(config.leader_schedule_limit, 1);
+        assert_eq!(config.region_schedule_limit, 8);
+        assert_eq!(config.replica_schedule_limit, 64);
+        assert_eq!(config.schedule_interval.as_millis(), 50);
+        assert_eq!(config.max_replicas, 5);
+        let bad = write_file(b"max-store-down-time = \"soon\"\n");
+        assert!(Config::from_file(bad.path()).is_err());
+        assert!(Cli::try_parse_from(["placement", "--schedule-interval", "x"]).is_err());
+        let zero = Config {
+            schedule_interval: ConfigDuration::from_millis(0),
+            ..Default::default()
+        };
+        assert!(zero.validate().is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Shale's placement driver: PD's role for Shale storage nodes and for
-//! TiKV clients (`tikv-client`). Single replica for now; metadata sits behind
-//! the [`meta::MetaStore`] seam so a Raft-replicated store can replace it.
+//! TiKV clients (`tikv-client`): cluster metadata replicated across the
+//! placement members (behind the [`meta::MetaStore`] seam), TSO, routing,
+//! and scheduling (replica repair and balancing, [`schedule`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), shale_placement::Error> {
@@ -20,11 +21,13 @@ pub mod api;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod duration;
 pub mod error;
 pub mod id_alloc;
 pub mod meta;
 pub mod metrics;
 pub mod raft;
+pub mod schedule;
 pub mod server;
 pub mod tso;
 

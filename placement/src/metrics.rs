@@ -11,6 +11,9 @@ pub struct Metrics {
     pub region_heartbeats: IntCounter,
     /// Times this member became the serving leader.
     pub leader_changes: IntCounter,
+    /// Scheduling operators by type (e.g. `balance-region`) and event
+    /// (`create`, `finish`, `timeout`, `cancel`).
+    pub operators: IntCounterVec,
     is_leader: IntGauge,
     regions: IntGauge,
     stores: IntGauge,
@@ -42,6 +45,13 @@ impl Metrics {
             "placement_leader_takeovers_total",
             "Times this member took over as the serving leader",
         )?;
+        let operators = IntCounterVec::new(
+            Opts::new(
+                "placement_operators_total",
+                "Scheduling operators by type and event (create, finish, timeout, cancel)",
+            ),
+            &["type", "event"],
+        )?;
         let is_leader = IntGauge::new("placement_is_leader", "1 while this member leads")?;
         let regions = IntGauge::new("placement_regions", "Regions in the routing table")?;
         let stores = IntGauge::new("placement_stores", "Registered stores (any state)")?;
@@ -50,6 +60,7 @@ impl Metrics {
         registry.register(Box::new(tso_timestamps.clone()))?;
         registry.register(Box::new(region_heartbeats.clone()))?;
         registry.register(Box::new(leader_changes.clone()))?;
+        registry.register(Box::new(operators.clone()))?;
         registry.register(Box::new(is_leader.clone()))?;
         registry.register(Box::new(regions.clone()))?;
         registry.register(Box::new(stores.clone()))?;
@@ -60,6 +71,7 @@ impl Metrics {
             tso_timestamps,
             region_heartbeats,
             leader_changes,
+            operators,
             is_leader,
             regions,
             stores,

@@ -1,4 +1,4 @@
-//! `/health`, `/members`, `/config`, `/cluster` and `/metrics`.
+//! `/health`, `/members`, `/leader`, `/cluster` and `/metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,39 +186,6 @@ pub async fn isolate(
     );
     state.raft.faults().set_isolated(request.isolated);
     Ok(StatusCode::OK)
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct ReplicationJson {
-    pub max_replicas: u32,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct ConfigJson {
-    pub name: String,
-    pub data_dir: String,
-    pub client_urls: String,
-    pub advertise_client_urls: String,
-    pub log_level: String,
-    pub cluster_id: u64,
-    pub replication: ReplicationJson,
-}
-
-pub async fn config(State(state): State<Arc<ServerState>>) -> Json<ConfigJson> {
-    let config = &state.config;
-    Json(ConfigJson {
-        name: config.name.clone(),
-        data_dir: config.data_dir.display().to_string(),
-        client_urls: format!("http://{}", config.listen_addr),
-        advertise_client_urls: state.member.client_url.clone(),
-        log_level: config.log_level.clone(),
-        cluster_id: state.cluster_id(),
-        replication: ReplicationJson {
-            max_replicas: state.config.max_replicas,
-        },
-    })
 }
 
 #[derive(Debug, Serialize)]

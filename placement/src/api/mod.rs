@@ -4,9 +4,12 @@
 //! needs the cluster state is served by the leader, and other members
 //! redirect there (307, method and body kept), as PD's followers do.
 
+mod config;
 mod format;
 mod members;
+mod operators;
 mod regions;
+mod schedulers;
 mod stores;
 
 use std::sync::Arc;
@@ -29,13 +32,18 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/regions", get(regions::list))
         .route("/region/id/{id}", get(regions::by_id))
         .route("/stores", get(stores::list))
-        .route("/store/{id}", get(stores::by_id))
+        .route("/store/{id}", get(stores::by_id).delete(stores::remove))
+        .route("/store/{id}/state", post(stores::set_state))
+        .route("/schedulers", get(schedulers::list).post(schedulers::add))
+        .route("/schedulers/{name}", delete(schedulers::remove))
+        .route("/operators", get(operators::list))
         .route("/health", get(members::health))
         .route("/ping", get(members::ping))
         .route("/members", get(members::members).post(members::join))
         .route("/members/name/{name}", delete(members::remove))
         .route("/leader", get(members::leader))
-        .route("/config", get(members::config))
+        .route("/config", get(config::config))
+        .route("/config/replicate", get(config::replicate))
         .route("/cluster", get(members::cluster))
         .route("/debug/isolate", post(members::isolate));
     Router::new()

@@ -11,6 +11,7 @@ pub mod gc;
 pub mod keyspaces;
 pub mod regions;
 pub mod split;
+pub mod store_state;
 pub mod stores;
 
 use std::sync::Arc;
@@ -160,6 +161,13 @@ impl Cluster {
         self.max_peer_count
     }
 
+    /// Runs `read` over the stores and the routing table as one consistent
+    /// view (the scheduler's snapshot); no write happens meanwhile.
+    pub fn read_topology<R>(&self, read: impl FnOnce(&StoreRegistry, &RegionTable) -> R) -> R {
+        let state = self.state.read();
+        read(&state.stores, &state.regions)
+    }
+
     pub fn is_bootstrapped(&self) -> bool {
         self.state.read().cluster.is_some()
     }
@@ -186,6 +194,11 @@ impl Cluster {
 
     pub async fn alloc_id(&self) -> PdResult<u64> {
         Ok(self.ids.alloc().await?)
+    }
+
+    /// `n` fresh ids (new peers of scheduling operators).
+    pub async fn alloc_ids(&self, n: usize) -> PdResult<Vec<u64>> {
+        Ok(self.ids.alloc_many(n).await?)
     }
 
     /// Bootstraps the cluster with its first store and region, once.

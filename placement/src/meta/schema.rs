@@ -20,6 +20,8 @@ pub const SERVICE_SAFE_POINT_PREFIX: &[u8] = b"/gc/service/";
 pub const STORE_PREFIX: &[u8] = b"/stores/";
 pub const REGION_PREFIX: &[u8] = b"/regions/";
 pub const KEYSPACE_PREFIX: &[u8] = b"/keyspaces/";
+/// The enabled schedulers (JSON, `schedule::schedulers::SchedulerSet`).
+pub const SCHEDULERS: &[u8] = b"/schedule/schedulers";
 
 fn id_key(prefix: &[u8], id: u64) -> Vec<u8> {
     let mut key = prefix.to_vec();
@@ -50,7 +52,7 @@ pub fn service_safe_point_key(service_id: &[u8]) -> Vec<u8> {
     key
 }
 
-fn corrupt(key: &[u8], reason: impl ToString) -> MetaError {
+pub fn corrupt(key: &[u8], reason: impl ToString) -> MetaError {
     MetaError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: reason.to_string(),

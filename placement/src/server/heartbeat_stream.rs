@@ -1,6 +1,7 @@
 //! The RegionHeartbeat stream. Heartbeats update the routing table; responses
-//! go back only for errors and for scheduling commands, which a scheduler
-//! pushes to a store through [`HeartbeatStreams`].
+//! go back only for errors and for scheduling commands: the current step of
+//! the Region's operator after each of its heartbeats, and new operators'
+//! first steps, which the scheduling loop pushes through [`HeartbeatStreams`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use tonic::{Status, Streaming};
 
 use super::header;
 use super::{LeaderTerm, ServerState};
+use crate::cluster::regions::RegionInfo;
 
 type ResponseSender = mpsc::Sender<Result<pdpb::RegionHeartbeatResponse, Status>>;
 pub type HeartbeatResponseStream = ReceiverStream<Result<pdpb::RegionHeartbeatResponse, Status>>;
@@ -116,21 +118,33 @@ async fn handle(
     if let Some(peer) = &request.leader {
         leader.heartbeat_streams.bind(peer.store_id, stream_id, tx);
     }
-    if let Err(error) = leader.cluster.region_heartbeat(request).await {
-        let region_id = request.region.as_ref().map_or(0, |r| r.id);
-        tracing::debug!(region_id, %error, "region heartbeat rejected");
-        state
-            .metrics
-            .grpc_errors
-            .with_label_values(&["RegionHeartbeat", error.error_type().as_str_name()])
-            .inc();
-        let response = pdpb::RegionHeartbeatResponse {
-            header: Some(header::error_header(cluster_id, &error)),
-            region_id,
-            region_epoch: request.region.as_ref().and_then(|r| r.region_epoch),
-            target_peer: request.leader,
-            ..Default::default()
-        };
+    let region_id = request.region.as_ref().map_or(0, |r| r.id);
+    let response = match leader.cluster.region_heartbeat(request).await {
+        // The Region's operator, if any, moves on: its current step goes back.
+        Ok(()) if leader.schedule.has_operator(region_id) => RegionInfo::from_heartbeat(request)
+            .and_then(|info| leader.schedule.on_region_heartbeat(&info))
+            .map(|mut command| {
+                command.header = Some(header::ok_header(cluster_id));
+                command
+            }),
+        Ok(()) => None,
+        Err(error) => {
+            tracing::debug!(region_id, %error, "region heartbeat rejected");
+            state
+                .metrics
+                .grpc_errors
+                .with_label_values(&["RegionHeartbeat", error.error_type().as_str_name()])
+                .inc();
+            Some(pdpb::RegionHeartbeatResponse {
+                header: Some(header::error_header(cluster_id, &error)),
+                region_id,
+                region_epoch: request.region.as_ref().and_then(|r| r.region_epoch),
+                target_peer: request.leader,
+                ..Default::default()
+            })
+        }
+    };
+    if let Some(response) = response {
         if tx.send(Ok(response)).await.is_err() {
             return Err(Status::cancelled("heartbeat stream closed"));
         }

@@ -15,6 +15,7 @@ use super::ServerState;
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::meta::schema::{self, CLUSTER_ID};
 use crate::meta::MetaStore;
+use crate::schedule::{Coordinator, ScheduleOptions};
 use crate::tso::{Tso, DEFAULT_WINDOW};
 
 /// How often the TSO window is pushed ahead in the background.
@@ -22,12 +23,14 @@ const TSO_TICK: Duration = Duration::from_millis(500);
 /// Pause before retrying a failed takeover.
 const TAKEOVER_RETRY: Duration = Duration::from_millis(200);
 
-/// What only the leader has: the in-memory cluster state and the TSO.
+/// What only the leader has: the in-memory cluster state, the TSO and
+/// scheduling.
 pub struct LeaderTerm {
     pub term: u64,
     pub cluster: Cluster,
     pub tso: Tso,
     pub heartbeat_streams: HeartbeatStreams,
+    pub schedule: Coordinator,
     stepped_down: watch::Sender<bool>,
 }
 
@@ -52,18 +55,20 @@ type MetricsWatch = openraft::alias::WatchReceiverOf<
 pub async fn follow(state: Arc<ServerState>) {
     let mut metrics = state.raft.raft().metrics();
     loop {
-        let (leading, term) = {
-            // Read the term and release the metrics lock before asking
-            // `is_leader`, which reads the same lock: a writer waiting in
-            // between would deadlock the two reads.
-            let term = metrics.borrow_and_update().current_term;
-            (state.raft.is_leader(), term)
-        };
+        // Copy the term out first: `is_leader` reads the same watch, and a
+        // second read while a metrics update waits to write deadlocks.
+        let term = metrics.borrow_and_update().current_term;
+        let leading = state.raft.is_leader();
         if leading {
             match take_over(&state, term).await {
                 Ok(leader) => {
+                    // Only the serving leader schedules, for exactly its term.
+                    let scheduling =
+                        tokio::spawn(super::scheduling::run(state.clone(), leader.clone()));
                     serve_term(&state, &leader, &mut metrics).await;
                     step_down(&state, &leader).await;
+                    scheduling.abort();
+                    let _ = scheduling.await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, term, "cannot take over as leader; retrying");
@@ -109,15 +114,24 @@ async fn take_over(state: &Arc<ServerState>, term: u64) -> Result<Arc<LeaderTerm
     )
     .await
     .map_err(|e| e.to_string())?;
-    let tso = Tso::open(meta, state.clock.clone(), DEFAULT_WINDOW)
+    let tso = Tso::open(meta.clone(), state.clock.clone(), DEFAULT_WINDOW)
         .await
         .map_err(|e| e.to_string())?;
+    let schedule = Coordinator::open(
+        meta,
+        state.clock.clone(),
+        ScheduleOptions::from_config(&state.config),
+        Some(state.metrics.operators.clone()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let (stepped_down, _) = watch::channel(false);
     let leader = Arc::new(LeaderTerm {
         term,
         cluster,
         tso,
         heartbeat_streams: HeartbeatStreams::default(),
+        schedule,
         stepped_down,
     });
     state.set_cluster_id(leader.cluster.id());
@@ -142,11 +156,10 @@ async fn serve_term(
     let mut ticker = tokio::time::interval(TSO_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        {
-            let term = metrics.borrow_and_update().current_term;
-            if !state.raft.is_leader() || term != leader.term {
-                return;
-            }
+        // Not under the watch's guard: see `follow`.
+        let term = metrics.borrow_and_update().current_term;
+        if !state.raft.is_leader() || term != leader.term {
+            return;
         }
         tokio::select! {
             _ = state.shutting_down() => return,

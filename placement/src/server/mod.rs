@@ -9,6 +9,7 @@ mod listener;
 mod member;
 mod pd_service;
 mod raft_service;
+mod scheduling;
 mod tso_stream;
 
 use std::future::Future;

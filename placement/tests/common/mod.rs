@@ -2,6 +2,10 @@
 //! on 127.0.0.1:0 and talk to it with the generated gRPC clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod group;
+pub mod http;
+pub mod sim;
+
 use std::path::Path;
 use std::time::Duration;
 
