@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use parking_lot::RwLock;
@@ -31,6 +30,9 @@ pub enum StoreEvent {
 /// Finds a store's address (placement knows; a cache keeps it cheap).
 pub trait StoreResolver: Send + Sync + 'static {
     fn resolve(&self, store_id: u64) -> BoxFuture<'static, Result<String, String>>;
+    /// Forgets a store's address after it could not be reached (it may
+    /// have moved); the next `resolve` asks again.
+    fn invalidate(&self, _store_id: u64) {}
 }
 
 /// A resolver over a lookup function (placement's GetStore), with a cache.
@@ -48,11 +50,6 @@ impl CachedResolver {
             lookup,
         })
     }
-
-    /// Forgets a store's address (after failures, it may have moved).
-    pub fn invalidate(&self, store_id: u64) {
-        self.cache.write().remove(&store_id);
-    }
 }
 
 impl StoreResolver for Arc<CachedResolver> {
@@ -66,24 +63,6 @@ impl StoreResolver for Arc<CachedResolver> {
             this.cache.write().insert(store_id, addr.clone());
             Ok(addr)
         })
-    }
-}
-
-/// Raft timing for Region groups.
-#[derive(Debug, Clone)]
-pub struct RaftTiming {
-    pub heartbeat_interval: Duration,
-    pub election_timeout_min: Duration,
-    pub election_timeout_max: Duration,
-}
-
-impl Default for RaftTiming {
-    fn default() -> Self {
-        RaftTiming {
-            heartbeat_interval: Duration::from_millis(250),
-            election_timeout_min: Duration::from_millis(1500),
-            election_timeout_max: Duration::from_millis(3000),
-        }
     }
 }
 

@@ -22,6 +22,6 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub use context::{CachedResolver, RaftTiming, StoreContext, StoreEvent, StoreResolver};
+pub use context::{CachedResolver, StoreContext, StoreEvent, StoreResolver};
 pub use raft_kv::RaftKv;
 pub use router::{Router, RouterDispatch};

@@ -131,7 +131,10 @@ impl RegionPeerClient {
             .await
             .map_err(|e| match e {
                 TransportError::Remote(m) => (false, self.error(m)),
-                other => (true, self.error(other.to_string())),
+                other => {
+                    self.ctx.resolver.invalidate(self.store_id);
+                    (true, self.error(other.to_string()))
+                }
             })?;
         let result: Reply<Resp> = decode(&reply).map_err(|e| (false, self.error(e.to_string())))?;
         result.map_err(|m| (false, self.error(m)))

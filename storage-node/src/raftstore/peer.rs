@@ -260,7 +260,6 @@ impl Peer {
             CommandResult::EpochChanged { current } => {
                 Err(epoch_not_match(decode_regions(&current)))
             }
-            CommandResult::KeyOutOfRange { .. } => Err(epoch_not_match(vec![self.region()])),
         }
     }
 

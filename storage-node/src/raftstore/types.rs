@@ -70,10 +70,6 @@ pub enum CommandResult {
     EpochChanged {
         current: Vec<Vec<u8>>,
     },
-    /// A key of the command is outside the Region now.
-    KeyOutOfRange {
-        key: Vec<u8>,
-    },
 }
 
 openraft::declare_raft_types!(
