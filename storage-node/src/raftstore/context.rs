@@ -64,6 +64,10 @@ impl StoreResolver for Arc<CachedResolver> {
             Ok(addr)
         })
     }
+
+    fn invalidate(&self, store_id: u64) {
+        self.cache.write().remove(&store_id);
+    }
 }
 
 pub struct StoreContext {
@@ -74,4 +78,8 @@ pub struct StoreContext {
     pub transport: Arc<Transport>,
     pub resolver: Arc<dyn StoreResolver>,
     pub raft_config: Arc<openraft::Config>,
+    /// Signalled when a replica here became leader or ran a scheduling
+    /// command, so placement hears of the Region at once rather than at the
+    /// next periodic heartbeat.
+    pub region_changed: tokio::sync::Notify,
 }

@@ -86,15 +86,22 @@ impl Peer {
         let raft = Raft::new(peer_id, ctx.raft_config.clone(), network, log_store, sm)
             .await
             .map_err(|e| e.to_string())?;
-        // Keep the state machine's view of leadership current.
+        // Keep the state machine's view of leadership current, and tell
+        // placement promptly about a Region this replica now leads.
         let mut metrics = raft.metrics();
+        let store = Arc::downgrade(ctx);
         tokio::spawn(async move {
             loop {
                 let leads = {
                     let m = metrics.borrow_watched();
                     m.state == ServerState::Leader && m.current_leader == Some(peer_id)
                 };
-                leading.store(leads, std::sync::atomic::Ordering::Relaxed);
+                let was = leading.swap(leads, std::sync::atomic::Ordering::Relaxed);
+                if leads && !was {
+                    if let Some(store) = store.upgrade() {
+                        store.region_changed.notify_one();
+                    }
+                }
                 if metrics.changed().await.is_err() {
                     return;
                 }

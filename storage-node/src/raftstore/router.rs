@@ -345,6 +345,20 @@ impl Router {
             return;
         }
         let region_id = response.region_id;
+        // A command is decided on the epoch placement last heard; if the
+        // Region changed since, it may no longer make sense (TiKV refuses such
+        // an admin command too). Placement re-decides on the next heartbeat.
+        let current = peer.region().region_epoch.unwrap_or_default();
+        if response.region_epoch != Some(current) {
+            tracing::info!(
+                region_id,
+                ?current,
+                command = ?response.region_epoch,
+                "refusing a scheduling command with a stale region epoch"
+            );
+            self.ctx.region_changed.notify_one();
+            return;
+        }
         let mut changes = Vec::new();
         if let Some(change) = response.change_peer {
             changes.push(change);
@@ -396,6 +410,7 @@ impl Router {
                 }
             }
         }
+        self.ctx.region_changed.notify_one();
     }
 
     /// Stops every replica (store shutdown).

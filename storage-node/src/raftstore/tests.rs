@@ -97,6 +97,7 @@ async fn start_store(
         transport: transport.clone(),
         resolver: Arc::new(resolver.clone()),
         raft_config: raft_config(),
+        region_changed: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -382,6 +383,78 @@ async fn a_new_replica_catches_up_from_a_snapshot() {
     }
 }
 
+/// A scheduling command from placement, as a Region heartbeat response.
+fn command(
+    region_id: u64,
+    epoch: metapb::RegionEpoch,
+) -> shale_proto::pdpb::RegionHeartbeatResponse {
+    shale_proto::pdpb::RegionHeartbeatResponse {
+        region_id,
+        region_epoch: Some(epoch),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduling_commands_with_a_stale_epoch_are_refused() {
+    use shale_proto::{eraftpb::ConfChangeType, pdpb};
+    let (_resolver, stores) = three_stores().await;
+    let refs: Vec<&TestStore> = stores.iter().collect();
+    let leader = leader_of(&refs, 1).await;
+    let router = &stores[leader].router;
+    let epoch = router.peer(1).unwrap().region().region_epoch.unwrap();
+    let follower = (leader + 1) % 3;
+    let remove = pdpb::ChangePeer {
+        peer: Some(metapb::Peer {
+            id: 101 + follower as u64,
+            store_id: stores[follower].store_id,
+            ..Default::default()
+        }),
+        change_type: ConfChangeType::RemoveNode as i32,
+    };
+    let stale = metapb::RegionEpoch {
+        conf_ver: epoch.conf_ver - 1,
+        ..epoch
+    };
+    router
+        .handle_command(pdpb::RegionHeartbeatResponse {
+            change_peer: Some(remove.clone()),
+            ..command(1, stale)
+        })
+        .await;
+    assert_eq!(router.peer(1).unwrap().region().peers.len(), 3);
+
+    router
+        .handle_command(pdpb::RegionHeartbeatResponse {
+            change_peer: Some(remove),
+            ..command(1, epoch)
+        })
+        .await;
+    let region = router.peer(1).unwrap().region();
+    assert_eq!(region.peers.len(), 2);
+    assert!(region.region_epoch.unwrap().conf_ver > epoch.conf_ver);
+    // The old epoch is now stale too: a transfer decided on it is refused.
+    let other = region
+        .peers
+        .iter()
+        .find(|p| p.store_id != stores[leader].store_id)
+        .cloned();
+    router
+        .handle_command(pdpb::RegionHeartbeatResponse {
+            transfer_leader: Some(pdpb::TransferLeader {
+                peer: other,
+                ..Default::default()
+            }),
+            ..command(1, epoch)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(router.peer(1).unwrap().is_leader());
+    for s in &stores {
+        s.stop().await;
+    }
+}
+
 struct SuiteBuilder;
 
 impl
@@ -414,6 +487,7 @@ impl
             transport: Transport::new(1, TransportConfig::default()),
             resolver: Arc::new(Arc::new(MapResolver::default())),
             raft_config: raft_config(),
+            region_changed: Default::default(),
         });
         // Another Region's Raft state beside it must never leak in.
         let neighbour = super::log_store::RegionLogStore::new(8, engine.clone());

@@ -1,5 +1,5 @@
-//! Periodic reports to placement: store statistics and one heartbeat per
-//! Region this store leads.
+//! Reports to placement: store statistics, and one heartbeat per Region this
+//! store leads, periodically and as soon as a scheduling command changed one.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,11 +31,13 @@ impl<P: PdClient> Heartbeats<P> {
         let mut tick = tokio::time::interval(self.interval);
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick() => {
+                    if let Err(e) = self.report_store().await {
+                        tracing::warn!("store heartbeat failed: {e}");
+                    }
+                }
+                _ = self.router.context().region_changed.notified() => {}
                 _ = shutdown.changed() => return,
-            }
-            if let Err(e) = self.report_store().await {
-                tracing::warn!("store heartbeat failed: {e}");
             }
             if let Err(e) = self.report_regions().await {
                 tracing::warn!("region heartbeat failed: {e}");
