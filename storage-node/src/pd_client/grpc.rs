@@ -321,6 +321,22 @@ impl PdClient for GrpcPdClient {
         check_header(resp.header.as_ref())
     }
 
+    async fn get_region_by_id(&self, region_id: u64) -> PdResult<Option<metapb::Region>> {
+        let header = self.header();
+        let resp = self
+            .call(|mut s| async move {
+                s.get_region_by_id(pdpb::GetRegionByIdRequest {
+                    header,
+                    region_id,
+                    need_buckets: false,
+                })
+                .await
+            })
+            .await?;
+        check_header(resp.header.as_ref())?;
+        Ok(resp.region)
+    }
+
     async fn get_store(&self, store_id: u64) -> PdResult<metapb::Store> {
         let header = self.header();
         let resp = self

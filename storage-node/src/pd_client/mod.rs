@@ -73,6 +73,11 @@ pub trait PdClient: Send + Sync + 'static {
         regions: Vec<metapb::Region>,
     ) -> impl Future<Output = PdResult<()>> + Send;
     fn gc_safe_point(&self) -> impl Future<Output = PdResult<u64>> + Send;
+    /// The Region with `region_id` as placement knows it (None: unknown).
+    fn get_region_by_id(
+        &self,
+        region_id: u64,
+    ) -> impl Future<Output = PdResult<Option<metapb::Region>>> + Send;
     /// A store's registration (its address, for Raft traffic).
     fn get_store(&self, store_id: u64) -> impl Future<Output = PdResult<metapb::Store>> + Send;
     /// Where scheduling commands arriving on the RegionHeartbeat stream go.

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod log_store;
 pub mod network;
 pub mod peer;
+pub mod peer_gc;
 pub mod raft_kv;
 pub mod router;
 pub mod split;

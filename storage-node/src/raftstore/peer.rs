@@ -27,6 +27,8 @@ pub struct Peer {
     pub peer_id: PeerId,
     raft: Raft,
     region: Arc<RwLock<metapb::Region>>,
+    /// When a leader last replicated to this replica (or it was started).
+    last_heard: parking_lot::Mutex<std::time::Instant>,
 }
 
 pub fn not_leader(region_id: u64, leader: Option<metapb::Peer>) -> EngineError {
@@ -112,6 +114,7 @@ impl Peer {
             peer_id,
             raft,
             region: shared,
+            last_heard: parking_lot::Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -154,6 +157,16 @@ impl Peer {
             Err(RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// A leader reached this replica (entries, heartbeat or snapshot).
+    pub fn heard_from_leader(&self) {
+        *self.last_heard.lock() = std::time::Instant::now();
+    }
+
+    /// How long no leader has reached this replica.
+    pub fn silent_for(&self) -> std::time::Duration {
+        self.last_heard.lock().elapsed()
     }
 
     pub fn is_leader(&self) -> bool {

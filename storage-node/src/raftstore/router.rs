@@ -16,6 +16,7 @@ use super::context::{StoreContext, StoreEvent};
 use super::keys;
 use super::network::{kind, RegionMessage, Reply, SnapshotMessage};
 use super::peer::Peer;
+use super::state_machine::snapshot_region;
 use super::transport::{Dispatch, Envelope};
 use super::types::{decode, encode, Snapshot};
 use crate::engine::{CfName, EngineBatch, MetaWrite, Modify};
@@ -59,6 +60,12 @@ fn uncovered(start: &[u8], end: &[u8], others: &[metapb::Region]) -> Vec<(Vec<u8
         out.push((cursor, end.to_vec()));
     }
     out
+}
+
+/// Whether two Regions' key ranges (empty end: unbounded) intersect.
+fn overlaps(a: &metapb::Region, b: &metapb::Region) -> bool {
+    let before = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
+    before(&a.start_key, &b.end_key) && before(&b.start_key, &a.end_key)
 }
 
 fn tombstone_key(region_id: u64) -> Vec<u8> {
@@ -202,8 +209,25 @@ impl Router {
     /// Stops a removed replica and deletes its data and Raft state; remembers
     /// its peer id so late messages cannot bring it back.
     async fn destroy(&self, region_id: u64) -> Result<(), String> {
+        self.destroy_peer(region_id, None).await
+    }
+
+    /// Destroys the replica of `region_id` if it is still peer `peer_id`
+    /// (a newer replica may have replaced it meanwhile).
+    pub async fn destroy_stale(&self, region_id: u64, peer_id: u64) -> Result<(), String> {
+        self.destroy_peer(region_id, Some(peer_id)).await
+    }
+
+    async fn destroy_peer(&self, region_id: u64, only: Option<u64>) -> Result<(), String> {
         let _guard = self.lifecycle.lock().await;
-        let Some(peer) = self.peers.write().remove(&region_id) else {
+        let peer = {
+            let mut peers = self.peers.write();
+            match peers.get(&region_id) {
+                Some(p) if only.is_none_or(|id| id == p.peer_id) => peers.remove(&region_id),
+                _ => None,
+            }
+        };
+        let Some(peer) = peer else {
             return Ok(());
         };
         peer.shutdown().await;
@@ -264,10 +288,25 @@ impl Router {
             if peer.peer_id == envelope.to_peer {
                 return Ok(peer);
             }
-            return Err(format!(
-                "region {} has peer {} here, not {}",
-                envelope.region_id, peer.peer_id, envelope.to_peer
-            ));
+            // Placement allocates peer ids in increasing order: a leader
+            // replicating to a newer peer here means ours was removed
+            // without learning it, and the Region was given back to this
+            // store. Ours is stale: make room for the new one.
+            let replaces = envelope.to_peer > peer.peer_id
+                && matches!(envelope.kind, kind::APPEND | kind::SNAPSHOT);
+            if !replaces {
+                return Err(format!(
+                    "region {} has peer {} here, not {}",
+                    envelope.region_id, peer.peer_id, envelope.to_peer
+                ));
+            }
+            tracing::info!(
+                region_id = envelope.region_id,
+                stale = peer.peer_id,
+                new = envelope.to_peer,
+                "a newer replica of the region replaces a removed one here"
+            );
+            self.destroy(envelope.region_id).await?;
         }
         if let Some(&removed) = self.tombstones.read().get(&envelope.region_id) {
             if envelope.to_peer <= removed {
@@ -286,8 +325,35 @@ impl Router {
         if region.id != envelope.region_id {
             return Err("message names a different region".into());
         }
+        // A Region split off one held here reaches this store before the
+        // split is applied here: the parent still owns the range and will
+        // write into it, so the new replica must wait for the split.
+        self.refuse_overlap(region)?;
         self.ensure_peer(region.clone(), envelope.to_peer, false)
             .await
+    }
+
+    /// Refuses Raft state for `region` while another Region here still
+    /// owns part of its range (a split not applied here yet, or a removed
+    /// replica not yet collected): installing it would let the other
+    /// Region's older writes land on top of newer ones, or delete its data.
+    fn refuse_overlap(&self, region: &metapb::Region) -> Result<(), String> {
+        if region.region_epoch.is_none() {
+            return Ok(());
+        }
+        match self
+            .ctx
+            .regions
+            .all()
+            .into_iter()
+            .find(|other| other.id != region.id && overlaps(other, region))
+        {
+            Some(other) => Err(format!(
+                "region {} overlaps region {} on this store; retry later",
+                region.id, other.id
+            )),
+            None => Ok(()),
+        }
     }
 
     async fn handle(&self, envelope: Envelope) -> Result<Vec<u8>, String> {
@@ -295,6 +361,9 @@ impl Router {
         let region =
             metapb::Region::decode(message.region.as_slice()).map_err(|e| e.to_string())?;
         let peer = self.target_peer(&envelope, &region).await?;
+        if matches!(envelope.kind, kind::APPEND | kind::SNAPSHOT) {
+            peer.heard_from_leader();
+        }
         let raft = peer.raft();
         let body = &message.body;
         let reply = match envelope.kind {
@@ -312,6 +381,7 @@ impl Router {
             }
             kind::SNAPSHOT => {
                 let m: SnapshotMessage = decode(body).map_err(|e| e.to_string())?;
+                self.refuse_overlap(&snapshot_region(&m.data).map_err(|e| e.to_string())?)?;
                 let snapshot = Snapshot {
                     meta: m.meta,
                     snapshot: m.data,
@@ -458,6 +528,15 @@ mod tests {
             .iter()
             .map(|(s, e)| (s.as_bytes().to_vec(), e.as_bytes().to_vec()))
             .collect()
+    }
+
+    #[test]
+    fn ranges_overlap_unless_they_only_touch() {
+        assert!(overlaps(&r("a", "c"), &r("b", "d")));
+        assert!(overlaps(&r("", ""), &r("b", "d")));
+        assert!(overlaps(&r("b", ""), &r("", "c")));
+        assert!(!overlaps(&r("a", "b"), &r("b", "c")));
+        assert!(!overlaps(&r("c", ""), &r("", "c")));
     }
 
     #[test]

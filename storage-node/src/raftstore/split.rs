@@ -98,9 +98,27 @@ pub async fn split_region<P: PdClient>(
     if regions.len() < 2 {
         return Err(SplitFailed::EpochChanged { region_id });
     }
+    // Placement routes clients to the new Regions' leaders here as soon as
+    // it has the report: start their replicas first, or those clients would
+    // be told the Region does not exist.
+    wait_for_replicas(router, &regions).await;
     pd.report_batch_split(regions.clone()).await?;
     tracing::info!(region_id, parts = regions.len(), "region split");
     Ok(regions)
+}
+
+/// Waits (bounded) until this store runs a replica of every Region in
+/// `regions`; the split's apply starts them in the background.
+async fn wait_for_replicas(router: &Router, regions: &[metapb::Region]) {
+    const PATIENCE: Duration = Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while regions.iter().any(|r| router.peer(r.id).is_none()) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("split regions not started here after {PATIENCE:?}; reporting anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Splits Regions on request (the SplitRegion RPC), hiding placement's

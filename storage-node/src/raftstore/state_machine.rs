@@ -31,6 +31,16 @@ struct SnapshotData {
     records: Vec<(CfName, Vec<u8>, Vec<u8>)>,
 }
 
+/// The Region a snapshot is of, read without decoding its records.
+pub fn snapshot_region(data: &[u8]) -> io::Result<metapb::Region> {
+    #[derive(Deserialize)]
+    struct Head {
+        region: Vec<u8>,
+    }
+    let (head, _records): (Head, _) = postcard::take_from_bytes(data).map_err(io_err)?;
+    metapb::Region::decode(head.region.as_slice()).map_err(io_err)
+}
+
 pub struct RegionStateMachine {
     region_id: u64,
     ctx: Arc<StoreContext>,

@@ -418,7 +418,7 @@ async fn scheduling_commands_with_a_stale_epoch_are_refused() {
     };
     router
         .handle_command(pdpb::RegionHeartbeatResponse {
-            change_peer: Some(remove.clone()),
+            change_peer: Some(remove),
             ..command(1, stale)
         })
         .await;
@@ -453,6 +453,41 @@ async fn scheduling_commands_with_a_stale_epoch_are_refused() {
     for s in &stores {
         s.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_overlapping_another_region_here_waits_for_it() {
+    let (resolver, mut stores) = three_stores().await;
+    let refs: Vec<&TestStore> = stores.iter().collect();
+    for i in 0..20 {
+        write(&refs, 1, put(&format!("o{i:02}"), "v")).await;
+    }
+    // Store 4 still holds a stale Region 9 over part of Region 1's range
+    // (as if a split there was never applied, or a removed replica lingers).
+    let stale = region(9, b"o05", b"o10", &[(901, 4)]);
+    stores.push(start_store(4, &resolver, std::slice::from_ref(&stale)).await);
+    let leader = leader_of(&refs_of(&stores[..3]), 1).await;
+    let peer = stores[leader].router.peer(1).unwrap();
+    let adding = tokio::spawn(async move { peer.add_peer(104, 4).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        stores[3].get(b"o00").is_none(),
+        "the snapshot was installed over Region 9"
+    );
+    // Once the stale Region is gone, the snapshot goes in.
+    stores[3].router.destroy_stale(9, 901).await.unwrap();
+    eventually("snapshot installed on store 4", || {
+        stores[3].get(b"o19").is_some()
+    })
+    .await;
+    adding.await.unwrap().unwrap();
+    for s in &stores {
+        s.stop().await;
+    }
+}
+
+fn refs_of(stores: &[TestStore]) -> Vec<&TestStore> {
+    stores.iter().collect()
 }
 
 struct SuiteBuilder;

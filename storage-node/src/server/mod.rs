@@ -322,6 +322,13 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         started,
     };
     tasks.push(tokio::spawn(heartbeats.run(shutdown_rx.clone())));
+    let peer_gc = crate::raftstore::peer_gc::PeerGc {
+        router: router.clone(),
+        pd: pd.clone(),
+        // Ten election timeouts without a leader: not a slow network.
+        silence: Duration::from_millis(config.raft_election_timeout_ms * 10),
+    };
+    tasks.push(tokio::spawn(peer_gc.run(shutdown_rx.clone())));
 
     let gc = gc_worker::GcWorker {
         storage,
