@@ -480,7 +480,8 @@ impl Cluster {
     }
 
     /// A guard that prints the tail of every server log when it is dropped
-    /// without [`LogsOnFailure::disarm`] (a failed assertion or an early `?`).
+    /// without [`LogsOnFailure::disarm`] (a failed assertion or an early `?`),
+    /// and copies the whole logs under `$SHALE_E2E_KEEP_LOGS` if it is set.
     pub fn logs_on_failure(&self) -> LogsOnFailure {
         LogsOnFailure {
             dir: self.dir.path().to_path_buf(),
@@ -516,6 +517,17 @@ impl Drop for LogsOnFailure {
             .filter(|p| p.extension().is_some_and(|x| x == "log"))
             .collect();
         logs.sort();
+        // Whole logs for a post-mortem, when asked for (the data dir goes).
+        if let Some(keep) = std::env::var_os("SHALE_E2E_KEEP_LOGS") {
+            let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+            let keep = PathBuf::from(keep).join(name.trim_start_matches('.'));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for log in &logs {
+                    let _ = std::fs::copy(log, keep.join(log.file_name().unwrap_or_default()));
+                }
+                eprintln!("full logs kept in {}", keep.display());
+            }
+        }
         for log in logs {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();

@@ -15,7 +15,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use common::{commit_puts, optimistic, patient, pessimistic, start_cluster, txn_client, Api};
 use rand::Rng;
 use shale_e2e::Cluster;
@@ -156,6 +156,17 @@ fn replay(api: Api, committed: &mut [Transfer]) -> Result<[i64; ACCOUNTS]> {
 
 async fn run_bank(cluster: &Cluster, api: Api, tasks: usize, run_for: Duration) -> Result<()> {
     let client = txn_client(cluster, api).await?;
+    run_bank_on(client, api, tasks, run_for).await
+}
+
+/// The bank on an already connected client (so a test can meanwhile
+/// inflict faults on the cluster).
+async fn run_bank_on(
+    client: TransactionClient,
+    api: Api,
+    tasks: usize,
+    run_for: Duration,
+) -> Result<()> {
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..ACCOUNTS)
         .map(|i| (account(i), INITIAL.to_string().into_bytes()))
         .collect();
@@ -251,5 +262,41 @@ async fn txn_concurrent_bank_transfers_keep_the_total() -> Result<()> {
     r2?;
     logs1.disarm();
     logs2.disarm();
+    Ok(())
+}
+
+/// Three stores, every Region on all three, accounts spread over several
+/// Regions; the store leading the most Regions is killed with SIGKILL in
+/// the middle of the run and restarted. The total never changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn bank_total_survives_a_store_kill_across_regions() -> Result<()> {
+    let config = "region-split-keys = 3\n\
+split-check-interval-ms = 200\n\
+heartbeat-interval-ms = 300\n\
+raft-heartbeat-interval-ms = 100\n\
+raft-election-timeout-ms = 1000\n";
+    let mut cluster = Cluster::start_with_store_config(3, config).await?;
+    let logs = cluster.logs_on_failure();
+    let client = txn_client(&cluster, Api::V1).await?;
+    let bank = run_bank_on(client, Api::V1, 4, Duration::from_secs(12));
+    let faults = async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let victim = common::busiest_store(&cluster).await?;
+        cluster.kill_store(victim)?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.restart_store(victim).await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    let (bank, faults) = tokio::join!(bank, faults);
+    faults?;
+    bank?;
+    let regions = common::regions(&cluster).await?;
+    println!("bank ran over {} Regions", regions.len());
+    ensure!(
+        regions.len() >= 3,
+        "the accounts should span several Regions, got {}",
+        regions.len()
+    );
+    logs.disarm();
     Ok(())
 }

@@ -550,3 +550,20 @@ pub fn physical_ms(ts: &Timestamp) -> i64 {
 pub fn ts_from(version: u64) -> Timestamp {
     Timestamp::from_version(version)
 }
+
+/// Index of the storage node whose replicas lead the most Regions, from
+/// each node's `/status`.
+pub async fn busiest_store(cluster: &Cluster) -> Result<usize> {
+    let mut best = (0, 0);
+    for (i, addr) in cluster.store_status_addrs.iter().enumerate() {
+        let Ok((200, body)) = shale_e2e::http_get(addr, "/status").await else {
+            continue;
+        };
+        let status: serde_json::Value = serde_json::from_str(&body)?;
+        let leaders = status["leader_region_ids"].as_array().map_or(0, Vec::len);
+        if leaders >= best.1 {
+            best = (i, leaders);
+        }
+    }
+    Ok(best.0)
+}
