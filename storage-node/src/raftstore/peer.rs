@@ -29,12 +29,6 @@ pub struct Peer {
     region: Arc<RwLock<metapb::Region>>,
     /// When a leader last replicated to this replica (or it was started).
     last_heard: parking_lot::Mutex<std::time::Instant>,
-    /// The replica was created by a leader's message and knows its Region
-    /// only from that message (the Region as it is now, not as it was at
-    /// the start of the log). Replaying the log from its start with that
-    /// view would judge old entries by a newer epoch and diverge, so such
-    /// a replica waits for a snapshot or for the split that creates it here.
-    awaiting_state: std::sync::atomic::AtomicBool,
 }
 
 pub fn not_leader(region_id: u64, leader: Option<metapb::Peer>) -> EngineError {
@@ -121,7 +115,6 @@ impl Peer {
             raft,
             region: shared,
             last_heard: parking_lot::Mutex::new(std::time::Instant::now()),
-            awaiting_state: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -139,26 +132,6 @@ impl Peer {
         let mut current = self.region.write();
         if current.region_epoch.is_none() {
             *current = region.clone();
-        }
-    }
-
-    /// See `awaiting_state`.
-    pub fn awaits_state(&self) -> bool {
-        self.awaiting_state
-            .load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    pub fn set_awaiting_state(&self, awaiting: bool) {
-        self.awaiting_state
-            .store(awaiting, std::sync::atomic::Ordering::Release);
-    }
-
-    /// The split applied here created this Region: its meta as of the
-    /// start of the group's log replaces what a leader's message said.
-    pub fn take_split_state(&self, region: &metapb::Region) {
-        if self.awaits_state() {
-            *self.region.write() = region.clone();
-            self.set_awaiting_state(false);
         }
     }
 

@@ -145,26 +145,10 @@ impl Router {
         peer_id: u64,
         form_group: bool,
     ) -> Result<Arc<Peer>, String> {
-        self.ensure(region, peer_id, form_group, false).await
-    }
-
-    /// `from_message`: a leader's message names the replica and `region`
-    /// is that leader's current view (see `Peer::awaits_state`).
-    async fn ensure(
-        &self,
-        region: metapb::Region,
-        peer_id: u64,
-        form_group: bool,
-        from_message: bool,
-    ) -> Result<Arc<Peer>, String> {
         let _guard = self.lifecycle.lock().await;
         if let Some(peer) = self.peer(region.id) {
             if peer.peer_id == peer_id {
-                if from_message {
-                    peer.adopt_region_if_unknown(&region);
-                } else {
-                    peer.take_split_state(&region);
-                }
+                peer.adopt_region_if_unknown(&region);
                 if form_group {
                     peer.initialize().await?;
                 }
@@ -173,9 +157,6 @@ impl Router {
         }
         let region_id = region.id;
         let peer = Arc::new(Peer::open(&self.ctx, region, peer_id).await?);
-        // A replica with Raft state on disk knows its Region from its log.
-        let fresh = !peer.raft().is_initialized().await.unwrap_or(true);
-        peer.set_awaiting_state(from_message && fresh);
         if form_group {
             peer.initialize().await?;
         }
@@ -348,7 +329,7 @@ impl Router {
         // split is applied here: the parent still owns the range and will
         // write into it, so the new replica must wait for the split.
         self.refuse_overlap(region)?;
-        self.ensure(region.clone(), envelope.to_peer, false, true)
+        self.ensure_peer(region.clone(), envelope.to_peer, false)
             .await
     }
 
@@ -387,14 +368,7 @@ impl Router {
         let body = &message.body;
         let reply = match envelope.kind {
             kind::APPEND => {
-                let req: openraft::raft::AppendEntriesRequest<super::types::RegionTypes> =
-                    decode(body).map_err(|e| e.to_string())?;
-                if peer.awaits_state() && req.prev_log_id.is_none() && !req.entries.is_empty() {
-                    return Err(format!(
-                        "replica {} of region {} waits for a snapshot or the split here",
-                        peer.peer_id, peer.region_id
-                    ));
-                }
+                let req = decode(body).map_err(|e| e.to_string())?;
                 encode(&raft.append_entries(req).await.map_err(|e| e.to_string()))
             }
             kind::VOTE => {
@@ -416,9 +390,6 @@ impl Router {
                     .install_full_snapshot(m.vote, snapshot)
                     .await
                     .map_err(|e| e.to_string());
-                if result.is_ok() {
-                    peer.set_awaiting_state(false);
-                }
                 encode(&result)
             }
             kind::TRANSFER_LEADER => {
