@@ -306,7 +306,7 @@ impl Router {
                 new = envelope.to_peer,
                 "a newer replica of the region replaces a removed one here"
             );
-            self.destroy(envelope.region_id).await?;
+            self.destroy_stale(envelope.region_id, peer.peer_id).await?;
         }
         if let Some(&removed) = self.tombstones.read().get(&envelope.region_id) {
             if envelope.to_peer <= removed {
