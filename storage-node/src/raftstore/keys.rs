@@ -56,6 +56,16 @@ pub fn membership_key(region_id: u64) -> Vec<u8> {
     region_key(region_id, MEMBERSHIP)
 }
 
+/// Marks a Region whose replica was removed from this store; the value is
+/// the removed peer id (older ones must never come back).
+pub const TOMBSTONE_PREFIX: &[u8] = b"\x01tombstone\x00";
+
+pub fn tombstone_key(region_id: u64) -> Vec<u8> {
+    let mut k = TOMBSTONE_PREFIX.to_vec();
+    k.extend_from_slice(&region_id.to_be_bytes());
+    k
+}
+
 /// `[start, end)` covering all Raft state of the Region (for destroy).
 pub fn region_raft_range(region_id: u64) -> (Vec<u8>, Vec<u8>) {
     let mut start = vec![REGION_RAFT_PREFIX];

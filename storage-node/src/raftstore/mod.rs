@@ -8,12 +8,14 @@
 //! ```
 
 pub mod context;
+pub mod initial_state;
 pub mod keys;
 pub mod log_store;
 pub mod network;
 pub mod peer;
 pub mod peer_gc;
 pub mod raft_kv;
+pub mod ranges;
 pub mod router;
 pub mod split;
 pub mod state_machine;

@@ -1,7 +1,7 @@
 //! One Region replica on this store: its openraft node, and the Region
 //! errors clients need (NotLeader with the leader, EpochNotMatch, ...).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use openraft::async_runtime::WatchReceiver;
@@ -124,39 +124,6 @@ impl Peer {
 
     pub fn region(&self) -> metapb::Region {
         self.region.read().clone()
-    }
-
-    /// Adopts `region` (from a split on this store, or a leader's message)
-    /// if this replica knew nothing about its range yet.
-    pub fn adopt_region_if_unknown(&self, region: &metapb::Region) {
-        let mut current = self.region.write();
-        if current.region_epoch.is_none() {
-            *current = region.clone();
-        }
-    }
-
-    /// Forms the group from the Region's peers (new Region: bootstrap or
-    /// split). A no-op if the group already has a log.
-    pub async fn initialize(&self) -> Result<(), String> {
-        let members: BTreeMap<PeerId, PeerNode> = self
-            .region
-            .read()
-            .peers
-            .iter()
-            .map(|p| {
-                (
-                    p.id,
-                    PeerNode {
-                        store_id: p.store_id,
-                    },
-                )
-            })
-            .collect();
-        match self.raft.initialize(members).await {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
     }
 
     /// A leader reached this replica (entries, heartbeat or snapshot).
@@ -284,9 +251,9 @@ impl Peer {
     }
 
     /// Placement asked for a new replica on `store_id`: add it as a learner
-    /// (it catches up by log or snapshot), then make it a voter.
+    /// (it starts from a snapshot: the log never reaches back to the
+    /// Region's initial state), then make it a voter.
     pub async fn add_peer(&self, peer_id: PeerId, store_id: u64) -> Result<(), String> {
-        self.compact_log().await?;
         self.raft
             .add_learner(peer_id, PeerNode { store_id }, true)
             .await
@@ -296,57 +263,6 @@ impl Peer {
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
-    }
-
-    /// Snapshots the state machine and purges the log it covers, so that a
-    /// replica added next starts from a snapshot: the snapshot carries the
-    /// Region's range and epoch, which replaying the log from the start
-    /// cannot reconstruct.
-    async fn compact_log(&self) -> Result<(), String> {
-        let applied = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .last_applied
-            .map_or(0, |id| id.index);
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| e.to_string())?;
-        let snapshot = self
-            .wait_metric(|m| m.snapshot.map(|id| id.index).filter(|&i| i >= applied))
-            .await
-            .ok_or("no snapshot within the wait")?;
-        self.raft
-            .trigger()
-            .purge_log(snapshot)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.wait_metric(|m| m.purged.map(|id| id.index).filter(|&i| i >= snapshot))
-            .await
-            .ok_or("log not purged within the wait")?;
-        Ok(())
-    }
-
-    /// Waits (bounded) until `f` finds what it looks for in the metrics.
-    async fn wait_metric<T>(
-        &self,
-        f: impl Fn(&openraft::RaftMetrics<super::types::RegionTypes>) -> Option<T>,
-    ) -> Option<T> {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut metrics = self.raft.metrics();
-        loop {
-            if let Some(found) = f(&metrics.borrow_watched()) {
-                return Some(found);
-            }
-            if tokio::time::timeout_at(deadline, metrics.changed())
-                .await
-                .is_err()
-            {
-                return None;
-            }
-        }
     }
 
     /// Placement asked to drop the replica `peer_id`.

@@ -16,63 +16,12 @@ use super::context::{StoreContext, StoreEvent};
 use super::keys;
 use super::network::{kind, RegionMessage, Reply, SnapshotMessage};
 use super::peer::Peer;
+use super::ranges;
 use super::state_machine::snapshot_region;
 use super::transport::{Dispatch, Envelope};
 use super::types::{decode, encode, Snapshot};
 use crate::engine::{CfName, EngineBatch, MetaWrite, Modify};
 use crate::region::RegionRegistry;
-
-const TOMBSTONE_PREFIX: &[u8] = b"\x01tombstone\x00";
-
-/// The parts of `[start, end)` (empty `end`: unbounded) that none of
-/// `others` covers, in key order.
-fn uncovered(start: &[u8], end: &[u8], others: &[metapb::Region]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut taken: Vec<(&[u8], &[u8])> = others
-        .iter()
-        .map(|r| (r.start_key.as_slice(), r.end_key.as_slice()))
-        .collect();
-    taken.sort();
-    let before_end = |k: &[u8]| end.is_empty() || k < end;
-    let mut out = Vec::new();
-    let mut cursor = start.to_vec();
-    for (s, e) in taken {
-        // Regions entirely before the cursor do not matter.
-        if !e.is_empty() && e <= cursor.as_slice() {
-            continue;
-        }
-        if !before_end(s) {
-            break;
-        }
-        if s > cursor.as_slice() {
-            out.push((cursor.clone(), s.to_vec()));
-        }
-        if e.is_empty() {
-            return out;
-        }
-        if e > cursor.as_slice() {
-            cursor = e.to_vec();
-        }
-        if !before_end(&cursor) {
-            return out;
-        }
-    }
-    if before_end(&cursor) {
-        out.push((cursor, end.to_vec()));
-    }
-    out
-}
-
-/// Whether two Regions' key ranges (empty end: unbounded) intersect.
-fn overlaps(a: &metapb::Region, b: &metapb::Region) -> bool {
-    let before = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
-    before(&a.start_key, &b.end_key) && before(&b.start_key, &a.end_key)
-}
-
-fn tombstone_key(region_id: u64) -> Vec<u8> {
-    let mut k = TOMBSTONE_PREFIX.to_vec();
-    k.extend_from_slice(&region_id.to_be_bytes());
-    k
-}
 
 pub struct Router {
     ctx: Arc<StoreContext>,
@@ -89,18 +38,16 @@ pub struct Router {
 }
 
 impl Router {
-    /// Starts a replica for every Region this store holds. A Region whose
-    /// group has no log yet (bootstrap or split interrupted by a crash) is
-    /// formed from its peers.
+    /// Starts a replica for every Region this store holds.
     pub async fn start(ctx: Arc<StoreContext>) -> Result<Arc<Router>, String> {
         let mut tombstones = HashMap::new();
         for (key, value) in ctx
             .engine
-            .scan_meta(TOMBSTONE_PREFIX)
+            .scan_meta(keys::TOMBSTONE_PREFIX)
             .map_err(|e| e.to_string())?
         {
             let region_id = key
-                .get(TOMBSTONE_PREFIX.len()..)
+                .get(keys::TOMBSTONE_PREFIX.len()..)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes);
             let peer_id = value.as_slice().try_into().ok().map(u64::from_be_bytes);
@@ -119,7 +66,7 @@ impl Router {
             let Some(local) = ctx.regions.local_peer(&region) else {
                 continue;
             };
-            router.ensure_peer(region, local.id, true).await?;
+            router.ensure_peer(region, local.id).await?;
         }
         Ok(router)
     }
@@ -136,30 +83,23 @@ impl Router {
         self.peers.read().values().cloned().collect()
     }
 
-    /// The replica of `region` with `peer_id`, started if needed. With
-    /// `form_group` a group without a log is initialised from the Region's
-    /// peers (only for Regions this store created: bootstrap, split).
+    /// The replica of `region` with `peer_id`, started if needed.
     pub async fn ensure_peer(
         &self,
         region: metapb::Region,
         peer_id: u64,
-        form_group: bool,
     ) -> Result<Arc<Peer>, String> {
         let _guard = self.lifecycle.lock().await;
         if let Some(peer) = self.peer(region.id) {
             if peer.peer_id == peer_id {
-                peer.adopt_region_if_unknown(&region);
-                if form_group {
-                    peer.initialize().await?;
-                }
                 return Ok(peer);
             }
         }
+        // What this store recorded (a split applied here) beats the view
+        // in a leader's message.
+        let region = self.ctx.regions.get(region.id).unwrap_or(region);
         let region_id = region.id;
         let peer = Arc::new(Peer::open(&self.ctx, region, peer_id).await?);
-        if form_group {
-            peer.initialize().await?;
-        }
         self.peers.write().insert(region_id, peer.clone());
         tracing::info!(region_id, peer_id, "region replica started");
         Ok(peer)
@@ -175,8 +115,15 @@ impl Router {
                             continue;
                         };
                         let region_id = region.id;
-                        match self.ensure_peer(region, local.id, leader).await {
-                            Ok(peer) if !leader => self.form_later(peer),
+                        match self.ensure_peer(region, local.id).await {
+                            // The parent's leader campaigns at once, as it
+                            // is the likeliest to win; the other replicas
+                            // wait for it, or elect after a timeout.
+                            Ok(peer) if leader => {
+                                if let Err(e) = peer.raft().trigger().elect(false).await {
+                                    tracing::warn!(region_id, "cannot campaign: {e}");
+                                }
+                            }
                             Ok(_) => {}
                             Err(e) => tracing::error!(region_id, "cannot start split region: {e}"),
                         }
@@ -189,21 +136,6 @@ impl Router {
                 }
             }
         }
-    }
-
-    /// A split Region's replica on a store that did not lead the parent waits
-    /// for the new group's leader; if none reaches it (that store failed
-    /// right after the split), it forms the group itself.
-    fn form_later(&self, peer: Arc<Peer>) {
-        let wait = std::time::Duration::from_millis(self.ctx.raft_config.election_timeout_max * 3);
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            if !peer.raft().is_initialized().await.unwrap_or(true) {
-                if let Err(e) = peer.initialize().await {
-                    tracing::warn!(region_id = peer.region_id, "cannot form split region: {e}");
-                }
-            }
-        });
     }
 
     /// Stops a removed replica and deletes its data and Raft state; remembers
@@ -247,7 +179,7 @@ impl Router {
             .into_iter()
             .filter(|r| r.id != region_id)
             .collect();
-        for (start, end) in uncovered(&region.start_key, &region.end_key, &others) {
+        for (start, end) in ranges::uncovered(&region.start_key, &region.end_key, &others) {
             for cf in CfName::ALL {
                 batch
                     .data
@@ -259,7 +191,7 @@ impl Router {
             .push(MetaWrite::DeleteRange(raft_start, raft_end));
         batch.meta.push(RegionRegistry::meta_delete(region_id));
         batch.meta.push(MetaWrite::Put(
-            tombstone_key(region_id),
+            keys::tombstone_key(region_id),
             peer.peer_id.to_be_bytes().to_vec(),
         ));
         self.ctx
@@ -329,8 +261,7 @@ impl Router {
         // split is applied here: the parent still owns the range and will
         // write into it, so the new replica must wait for the split.
         self.refuse_overlap(region)?;
-        self.ensure_peer(region.clone(), envelope.to_peer, false)
-            .await
+        self.ensure_peer(region.clone(), envelope.to_peer).await
     }
 
     /// Refuses Raft state for `region` while another Region here still
@@ -346,7 +277,7 @@ impl Router {
             .regions
             .all()
             .into_iter()
-            .find(|other| other.id != region.id && overlaps(other, region))
+            .find(|other| other.id != region.id && ranges::overlaps(other, region))
         {
             Some(other) => Err(format!(
                 "region {} overlaps region {} on this store; retry later",
@@ -508,53 +439,5 @@ impl Dispatch for RouterDispatch {
                 None => Err("store is shutting down".into()),
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn r(start: &str, end: &str) -> metapb::Region {
-        metapb::Region {
-            start_key: start.as_bytes().to_vec(),
-            end_key: end.as_bytes().to_vec(),
-            ..Default::default()
-        }
-    }
-
-    fn v(parts: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        parts
-            .iter()
-            .map(|(s, e)| (s.as_bytes().to_vec(), e.as_bytes().to_vec()))
-            .collect()
-    }
-
-    #[test]
-    fn ranges_overlap_unless_they_only_touch() {
-        assert!(overlaps(&r("a", "c"), &r("b", "d")));
-        assert!(overlaps(&r("", ""), &r("b", "d")));
-        assert!(overlaps(&r("b", ""), &r("", "c")));
-        assert!(!overlaps(&r("a", "b"), &r("b", "c")));
-        assert!(!overlaps(&r("c", ""), &r("", "c")));
-    }
-
-    #[test]
-    fn destroy_keeps_ranges_other_regions_own() {
-        assert_eq!(uncovered(b"a", b"z", &[]), v(&[("a", "z")]));
-        assert_eq!(
-            uncovered(b"a", b"z", &[r("c", "f")]),
-            v(&[("a", "c"), ("f", "z")])
-        );
-        assert_eq!(uncovered(b"", b"", &[r("", "m")]), v(&[("m", "")]));
-        assert_eq!(
-            uncovered(b"a", b"m", &[r("", "c"), r("k", "")]),
-            v(&[("c", "k")])
-        );
-        assert_eq!(uncovered(b"c", b"f", &[r("a", "z")]), v(&[]));
-        assert_eq!(
-            uncovered(b"", b"", &[r("b", "c"), r("x", "y")]),
-            v(&[("", "b"), ("c", "x"), ("y", "")])
-        );
     }
 }

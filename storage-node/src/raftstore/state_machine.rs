@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use shale_proto::metapb;
 
 use super::context::{StoreContext, StoreEvent};
+use super::initial_state;
 use super::keys;
+use super::ranges;
 use super::types::{
     decode, encode, io_err, CommandResult, Epoch, LogId, RegionCommand, RegionTypes, Snapshot,
     SnapshotMeta, SplitTarget, StoredMembership,
@@ -273,8 +275,17 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
                                     if part.id == region.id {
                                         region = part;
                                         region_changed = true;
+                                    } else if initial_state::known_here(&self.ctx.engine, part.id)?
+                                    {
+                                        // Already here by a leader's message
+                                        // (with a snapshot), or removed from
+                                        // here: the split must not reset it.
+                                        tracing::info!(
+                                            region_id = part.id,
+                                            "split region already known here; not recreated"
+                                        );
                                     } else {
-                                        batch.meta.push(RegionRegistry::meta_write(&part));
+                                        batch.meta.extend(initial_state::writes(&part)?);
                                         new_regions.push(part);
                                     }
                                 }
@@ -377,13 +388,34 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
             sync: true,
             ..Default::default()
         };
-        for cf in CfName::ALL {
-            batch.data.push(Modify::DeleteRange(
-                cf,
-                region.start_key.clone(),
-                region.end_key.clone(),
+        // The snapshot's range, and whatever else this replica covered that
+        // no other Region here owns (a split it never applied): that data
+        // belongs to Regions that will reach this store by snapshot too.
+        let before = self.region.read().clone();
+        let mut stale = vec![(region.start_key.clone(), region.end_key.clone())];
+        if before.region_epoch.is_some() {
+            let others: Vec<metapb::Region> = self
+                .ctx
+                .regions
+                .all()
+                .into_iter()
+                .filter(|r| r.id != self.region_id)
+                .chain(std::iter::once(region.clone()))
+                .collect();
+            stale.extend(ranges::uncovered(
+                &before.start_key,
+                &before.end_key,
+                &others,
             ));
         }
+        for (start, end) in stale {
+            for cf in CfName::ALL {
+                batch
+                    .data
+                    .push(Modify::DeleteRange(cf, start.clone(), end.clone()));
+            }
+        }
+        let records = data.records.len();
         for (cf, key, value) in data.records {
             batch.data.push(Modify::Put(cf, key, value));
         }
@@ -403,6 +435,14 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
         batch.meta.push(RegionRegistry::meta_write(&region));
         self.ctx.engine.write_batch(batch).await.map_err(io_err)?;
         self.was_member = self.includes_self(&meta.last_membership);
+        tracing::info!(
+            region_id = self.region_id,
+            start = %region.start_key.escape_ascii(),
+            end = %region.end_key.escape_ascii(),
+            records,
+            last_log_id = ?meta.last_log_id,
+            "snapshot installed"
+        );
         *self.region.write() = region.clone();
         self.ctx.regions.set_in_memory(region);
         Ok(())

@@ -85,7 +85,9 @@ async fn start_store(
     let engine = RocksEngine::open(dir.path(), true).unwrap();
     let registry = RegionRegistry::load(store_id, engine.clone()).unwrap();
     for r in regions {
-        registry.insert(r.clone()).unwrap();
+        super::initial_state::create(&engine, &registry, r.clone())
+            .await
+            .unwrap();
     }
     let transport = Transport::new(store_id, TransportConfig::default());
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -354,21 +356,8 @@ async fn a_new_replica_catches_up_from_a_snapshot() {
         write(&refs, 1, put(&format!("s{i:03}"), "v")).await;
     }
     let leader = leader_of(&refs, 1).await;
-    // Compact the log so the new replica cannot catch up by log alone.
-    let raft = stores[leader].router.peer(1).unwrap().raft().clone();
-    raft.trigger().snapshot().await.unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        use openraft::async_runtime::WatchReceiver;
-        let snap = raft.metrics().borrow_watched().snapshot;
-        if snap.is_some_and(|s| s.index >= 100) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no snapshot");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    raft.trigger().purge_log(100).await.unwrap();
-
+    // The leader keeps its whole log, yet it does not reach back to the
+    // Region's initial state: the new replica needs a snapshot.
     stores.push(start_store(4, &resolver, &[]).await);
     let peer = stores[leader].router.peer(1).unwrap();
     peer.add_peer(104, 4).await.unwrap();
@@ -481,6 +470,71 @@ async fn a_snapshot_overlapping_another_region_here_waits_for_it() {
     })
     .await;
     adding.await.unwrap().unwrap();
+    for s in &stores {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_missed_a_split_gets_the_new_region_by_snapshot() {
+    let (_resolver, stores) = three_stores().await;
+    let refs = refs_of(&stores);
+    for key in ["a", "b", "x"] {
+        write(&refs, 1, put(key, "v")).await;
+    }
+    for store in &stores {
+        eventually("replicated", || store.get(b"x").is_some()).await;
+    }
+    // One store misses the split, then its replica of the parent is
+    // removed and collected, deleting the whole range it covered there.
+    let leader = leader_of(&refs, 1).await;
+    let victim = (leader + 1) % 3;
+    stores[victim].transport.faults().isolate(true);
+    let peer = stores[leader].router.peer(1).unwrap();
+    let epoch = peer.region().region_epoch.unwrap();
+    peer.propose(RegionCommand::Split {
+        epoch: Epoch {
+            conf_ver: epoch.conf_ver,
+            version: epoch.version,
+        },
+        keys: vec![b"m".to_vec()],
+        targets: vec![SplitTarget {
+            new_region_id: 2,
+            new_peer_ids: vec![201, 202, 203],
+        }],
+    })
+    .await
+    .unwrap();
+    peer.remove_peer(101 + victim as u64).await.unwrap();
+    stores[victim]
+        .router
+        .destroy_stale(1, 101 + victim as u64)
+        .await
+        .unwrap();
+    assert_eq!(stores[victim].get(b"a"), None);
+
+    // Back in touch, the new Region's replica there is created by its
+    // leader's message: it must start from a snapshot with the data the
+    // split carried over, not replay a log that never held it.
+    stores[victim].transport.faults().isolate(false);
+    let rest: Vec<&TestStore> = (0..3)
+        .filter(|&i| i != victim)
+        .map(|i| &stores[i])
+        .collect();
+    write(&rest, 2, put("c", "new")).await;
+    eventually("the new region's data reached the store", || {
+        stores[victim].get(b"a").is_some()
+            && stores[victim].get(b"b").is_some()
+            && stores[victim].get(b"c").is_some()
+    })
+    .await;
+    assert_eq!(
+        stores[victim].get(b"x"),
+        None,
+        "region 1 is gone from there"
+    );
+    let region = stores[victim].router.peer(2).unwrap().region();
+    assert_eq!(region.end_key, b"m".to_vec());
     for s in &stores {
         s.stop().await;
     }

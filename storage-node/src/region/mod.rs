@@ -35,11 +35,12 @@ pub enum RegionError {
     Corrupt(#[from] prost::DecodeError),
 }
 
-/// The store's Regions, kept in memory and persisted in the engine's metadata.
+/// The store's Regions in memory. Their metadata is persisted by whoever
+/// changes them ([`RegionRegistry::meta_write`]), atomically with the Raft
+/// state that goes with it.
 #[derive(Clone)]
 pub struct RegionRegistry {
     store_id: u64,
-    rocks: RocksEngine,
     regions: Arc<RwLock<BTreeMap<u64, metapb::Region>>>,
 }
 
@@ -53,36 +54,12 @@ impl RegionRegistry {
         }
         Ok(RegionRegistry {
             store_id,
-            rocks,
             regions: Arc::new(RwLock::new(regions)),
         })
     }
 
     pub fn store_id(&self) -> u64 {
         self.store_id
-    }
-
-    /// Persists a Region (new or changed) and starts serving it.
-    pub fn insert(&self, region: metapb::Region) -> Result<(), RegionError> {
-        self.rocks
-            .put_meta(&region_meta_key(region.id), &region.encode_to_vec())?;
-        self.regions.write().insert(region.id, region);
-        Ok(())
-    }
-
-    /// Persists several Regions in one atomic write (a split's results), then
-    /// serves them.
-    pub fn insert_all(&self, regions: Vec<metapb::Region>) -> Result<(), RegionError> {
-        let entries: Vec<_> = regions
-            .iter()
-            .map(|r| (region_meta_key(r.id), r.encode_to_vec()))
-            .collect();
-        self.rocks.put_meta_batch(&entries)?;
-        let mut map = self.regions.write();
-        for r in regions {
-            map.insert(r.id, r);
-        }
-        Ok(())
     }
 
     /// The metadata write that persists `region`, for callers that write it
@@ -105,13 +82,6 @@ impl RegionRegistry {
     /// Stops serving a Region whose metadata the caller already deleted.
     pub fn forget_in_memory(&self, region_id: u64) {
         self.regions.write().remove(&region_id);
-    }
-
-    /// Stops serving a Region and forgets it (e.g. a bootstrap that lost a race).
-    pub fn remove(&self, region_id: u64) -> Result<(), RegionError> {
-        self.rocks.delete_meta(&region_meta_key(region_id))?;
-        self.regions.write().remove(&region_id);
-        Ok(())
     }
 
     /// The Region whose range strictly contains `key` (so splitting there

@@ -9,6 +9,7 @@ use shale_proto::metapb;
 
 use crate::engine::RocksEngine;
 use crate::pd_client::{PdClient, PdError};
+use crate::raftstore::initial_state;
 use crate::region::{RegionError, RegionRegistry};
 
 const STORE_IDENT_KEY: &[u8] = b"\x01store_ident";
@@ -25,6 +26,8 @@ pub enum BootstrapError {
     ClusterMismatch { stored: u64, actual: u64 },
     #[error(transparent)]
     Split(#[from] crate::region::SplitError),
+    #[error("creating the first region's raft state: {0}")]
+    RaftState(#[from] std::io::Error),
     #[error("stored store identity is corrupt")]
     CorruptIdent,
 }
@@ -76,6 +79,7 @@ pub async fn ensure_store_ident<P: PdClient>(
 /// Bootstraps the cluster with this store's first Region if nobody has yet.
 pub async fn ensure_cluster_bootstrapped<P: PdClient>(
     pd: &P,
+    rocks: &RocksEngine,
     regions: &RegionRegistry,
     store: metapb::Store,
 ) -> Result<(), BootstrapError> {
@@ -87,7 +91,7 @@ pub async fn ensure_cluster_bootstrapped<P: PdClient>(
         Some(r) => r,
         None => {
             let region = first_region(pd.alloc_id().await?, pd.alloc_id().await?, store.id);
-            regions.insert(region.clone())?;
+            initial_state::create(rocks, regions, region.clone()).await?;
             region
         }
     };
@@ -98,7 +102,7 @@ pub async fn ensure_cluster_bootstrapped<P: PdClient>(
         }
         Err(e) if e.is_already_bootstrapped() => {
             // Another store won the race; its Region is the cluster's, not ours.
-            regions.remove(region.id)?;
+            initial_state::discard(rocks, regions, region.id).await?;
             Ok(())
         }
         Err(e) => Err(e.into()),

@@ -158,7 +158,7 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
             .map_or(0, |d| d.as_secs() as i64),
         ..Default::default()
     };
-    bootstrap::ensure_cluster_bootstrapped(&*pd, &regions, store.clone()).await?;
+    bootstrap::ensure_cluster_bootstrapped(&*pd, &rocks, &regions, store.clone()).await?;
 
     // Region replicas: Raft over the store-to-store transport.
     let transport = Transport::new(ident.store_id, TransportConfig::default());

@@ -1,0 +1,95 @@
+//! Key-range arithmetic over Regions (empty end key: unbounded).
+
+use shale_proto::metapb;
+
+/// The parts of `[start, end)` (empty `end`: unbounded) that none of
+/// `others` covers, in key order.
+pub fn uncovered(start: &[u8], end: &[u8], others: &[metapb::Region]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut taken: Vec<(&[u8], &[u8])> = others
+        .iter()
+        .map(|r| (r.start_key.as_slice(), r.end_key.as_slice()))
+        .collect();
+    taken.sort();
+    let before_end = |k: &[u8]| end.is_empty() || k < end;
+    let mut out = Vec::new();
+    let mut cursor = start.to_vec();
+    for (s, e) in taken {
+        // Regions entirely before the cursor do not matter.
+        if !e.is_empty() && e <= cursor.as_slice() {
+            continue;
+        }
+        if !before_end(s) {
+            break;
+        }
+        if s > cursor.as_slice() {
+            out.push((cursor.clone(), s.to_vec()));
+        }
+        if e.is_empty() {
+            return out;
+        }
+        if e > cursor.as_slice() {
+            cursor = e.to_vec();
+        }
+        if !before_end(&cursor) {
+            return out;
+        }
+    }
+    if before_end(&cursor) {
+        out.push((cursor, end.to_vec()));
+    }
+    out
+}
+
+/// Whether two Regions' key ranges (empty end: unbounded) intersect.
+pub fn overlaps(a: &metapb::Region, b: &metapb::Region) -> bool {
+    let before = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
+    before(&a.start_key, &b.end_key) && before(&b.start_key, &a.end_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: &str, end: &str) -> metapb::Region {
+        metapb::Region {
+            start_key: start.as_bytes().to_vec(),
+            end_key: end.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn v(parts: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        parts
+            .iter()
+            .map(|(s, e)| (s.as_bytes().to_vec(), e.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn ranges_overlap_unless_they_only_touch() {
+        assert!(overlaps(&r("a", "c"), &r("b", "d")));
+        assert!(overlaps(&r("", ""), &r("b", "d")));
+        assert!(overlaps(&r("b", ""), &r("", "c")));
+        assert!(!overlaps(&r("a", "b"), &r("b", "c")));
+        assert!(!overlaps(&r("c", ""), &r("", "c")));
+    }
+
+    #[test]
+    fn destroy_keeps_ranges_other_regions_own() {
+        assert_eq!(uncovered(b"a", b"z", &[]), v(&[("a", "z")]));
+        assert_eq!(
+            uncovered(b"a", b"z", &[r("c", "f")]),
+            v(&[("a", "c"), ("f", "z")])
+        );
+        assert_eq!(uncovered(b"", b"", &[r("", "m")]), v(&[("m", "")]));
+        assert_eq!(
+            uncovered(b"a", b"m", &[r("", "c"), r("k", "")]),
+            v(&[("c", "k")])
+        );
+        assert_eq!(uncovered(b"c", b"f", &[r("a", "z")]), v(&[]));
+        assert_eq!(
+            uncovered(b"", b"", &[r("b", "c"), r("x", "y")]),
+            v(&[("", "b"), ("c", "x"), ("y", "")])
+        );
+    }
+}
