@@ -102,10 +102,6 @@ async fn scan_all(client: &RawClient) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     }
 }
 
-// Known bug, under investigation: a scan or read can meet RegionNotFound
-// for several seconds while placement routes to a store whose replica of a
-// freshly split Region is not running yet. Run with `--ignored`.
-#[ignore = "known routing gap right after splits; see DESIGN.md"]
 #[tokio::test(flavor = "multi_thread")]
 async fn three_stores_hold_every_region_three_times() -> Result<()> {
     let cluster = Cluster::start_with_store_config(3, STORE_CONFIG).await?;
@@ -140,10 +136,6 @@ async fn three_stores_hold_every_region_three_times() -> Result<()> {
     Ok(())
 }
 
-// Hits the same known data-loss bug as the drain test below now and then
-// (a Region's first key missing after leadership moved); run with
-// `--ignored` to reproduce.
-#[ignore = "known data-loss bug: a Region's first key can go missing; see DESIGN.md"]
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_busiest_store_loses_no_acknowledged_write() -> Result<()> {
     let mut cluster = Cluster::start_with_store_config(3, STORE_CONFIG).await?;
@@ -351,10 +343,6 @@ async fn store_counts(cluster: &Cluster) -> Result<Vec<(u64, String, u64, u64)>>
         .collect())
 }
 
-// Known bug, under investigation: in about one run in three a Region's
-// first key reads back as missing after the drain, on a store that took
-// leadership by transfer. Run with `--ignored` to reproduce.
-#[ignore = "known data-loss bug after rebalancing and drain; see DESIGN.md"]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fourth_store_gets_regions_and_a_deleted_store_is_drained() -> Result<()> {
     let mut cluster = Cluster::start_with_store_config(3, STORE_CONFIG).await?;

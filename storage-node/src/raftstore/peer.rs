@@ -49,13 +49,15 @@ pub fn epoch_not_match(current: Vec<metapb::Region>) -> EngineError {
     }))
 }
 
-pub fn server_is_busy(reason: impl Into<String>) -> EngineError {
-    let reason = reason.into();
+/// A leader that cannot confirm its leadership for a read right now (cut off
+/// from its quorum, or just elected): the client backs off and asks
+/// placement again, instead of retrying the same store at once.
+pub fn read_index_not_ready(region_id: u64) -> EngineError {
     EngineError::Region(Box::new(errorpb::Error {
-        message: reason.clone(),
-        server_is_busy: Some(errorpb::ServerIsBusy {
-            reason,
-            ..Default::default()
+        message: format!("region {region_id} cannot confirm its leader for a read yet"),
+        read_index_not_ready: Some(errorpb::ReadIndexNotReady {
+            reason: "leadership not confirmed by a quorum".into(),
+            region_id,
         }),
         ..Default::default()
     }))
@@ -191,7 +193,10 @@ impl Peer {
                 .await
             {
                 Ok(Ok(_)) => {}
-                _ => return Err(not_leader(self.region_id, self.leader())),
+                Ok(Err(RaftError::APIError(
+                    openraft::errors::LinearizableReadError::ForwardToLeader(f),
+                ))) => return Err(not_leader(self.region_id, leader_of(&f))),
+                _ => return Err(read_index_not_ready(self.region_id)),
             }
         }
         self.check_version(version)
@@ -208,20 +213,14 @@ impl Peer {
         match written {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let leader = match (f.leader_id, f.leader_node) {
-                    (Some(id), Some(node)) => Some(metapb::Peer {
-                        id,
-                        store_id: node.store_id,
-                        ..Default::default()
-                    }),
-                    _ => None,
-                };
-                Err(not_leader(self.region_id, leader))
+                Err(not_leader(self.region_id, leader_of(&f)))
             }
-            Err(e) => Err(server_is_busy(format!(
-                "region {} cannot replicate now: {e}",
-                self.region_id
-            ))),
+            // Shutting down or being destroyed: the client asks placement
+            // where the Region is now.
+            Err(e) => {
+                tracing::debug!(region_id = self.region_id, "proposal failed: {e}");
+                Err(not_leader(self.region_id, None))
+            }
         }
     }
 
@@ -293,6 +292,20 @@ impl Peer {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(region_id = self.region_id, "raft shutdown: {e}");
         }
+    }
+}
+
+/// The leader openraft points at, as a `metapb::Peer`.
+fn leader_of(
+    f: &openraft::errors::ForwardToLeader<super::types::RegionTypes>,
+) -> Option<metapb::Peer> {
+    match (f.leader_id, f.leader_node) {
+        (Some(id), Some(node)) => Some(metapb::Peer {
+            id,
+            store_id: node.store_id,
+            ..Default::default()
+        }),
+        _ => None,
     }
 }
 
