@@ -78,8 +78,32 @@ pub struct StoreContext {
     pub transport: Arc<Transport>,
     pub resolver: Arc<dyn StoreResolver>,
     pub raft_config: Arc<openraft::Config>,
-    /// Signalled when a replica here became leader or ran a scheduling
-    /// command, so placement hears of the Region at once rather than at the
-    /// next periodic heartbeat.
-    pub region_changed: tokio::sync::Notify,
+    /// Regions that became led here or ran a scheduling command: placement
+    /// hears of them at once rather than at the next periodic heartbeat.
+    pub changed_regions: ChangedRegions,
+}
+
+/// Regions to heartbeat before the next periodic round.
+#[derive(Default)]
+pub struct ChangedRegions {
+    ids: parking_lot::Mutex<std::collections::BTreeSet<u64>>,
+    notify: tokio::sync::Notify,
+}
+
+impl ChangedRegions {
+    pub fn mark(&self, region_id: u64) {
+        self.ids.lock().insert(region_id);
+        self.notify.notify_one();
+    }
+
+    /// Waits until some Region is marked, and takes every marked one.
+    pub async fn take(&self) -> std::collections::BTreeSet<u64> {
+        loop {
+            let ids = std::mem::take(&mut *self.ids.lock());
+            if !ids.is_empty() {
+                return ids;
+            }
+            self.notify.notified().await;
+        }
+    }
 }

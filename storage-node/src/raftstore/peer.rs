@@ -15,7 +15,7 @@ use shale_proto::{errorpb, metapb};
 use super::context::StoreContext;
 use super::log_store::RegionLogStore;
 use super::network::RegionNetwork;
-use super::state_machine::RegionStateMachine;
+use super::state_machine::{RegionStateMachine, ReplicaFlags};
 use super::types::{CommandResult, Epoch, PeerId, PeerNode, Raft, RegionCommand};
 use crate::engine::EngineError;
 
@@ -28,7 +28,9 @@ pub struct Peer {
     raft: Raft,
     region: Arc<RwLock<metapb::Region>>,
     /// When a leader last replicated to this replica (or it was started).
-    last_heard: parking_lot::Mutex<std::time::Instant>,
+    /// (Milliseconds since `started`: every append updates it, so no lock.)
+    last_heard_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
 
 pub fn not_leader(region_id: u64, leader: Option<metapb::Peer>) -> EngineError {
@@ -79,17 +81,20 @@ impl Peer {
             region: shared.clone(),
         };
         let log_store = RegionLogStore::new(region_id, ctx.engine.clone());
-        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flags = Arc::new(ReplicaFlags::default());
         let sm = RegionStateMachine::new(
             region_id,
             peer_id,
             ctx.clone(),
             shared.clone(),
-            leading.clone(),
+            flags.clone(),
         );
         let raft = Raft::new(peer_id, ctx.raft_config.clone(), network, log_store, sm)
             .await
             .map_err(|e| e.to_string())?;
+        flags
+            .opened
+            .store(true, std::sync::atomic::Ordering::Release);
         // Keep the state machine's view of leadership current, and tell
         // placement promptly about a Region this replica now leads.
         let mut metrics = raft.metrics();
@@ -100,10 +105,12 @@ impl Peer {
                     let m = metrics.borrow_watched();
                     m.state == ServerState::Leader && m.current_leader == Some(peer_id)
                 };
-                let was = leading.swap(leads, std::sync::atomic::Ordering::Relaxed);
+                let was = flags
+                    .leading
+                    .swap(leads, std::sync::atomic::Ordering::Relaxed);
                 if leads && !was {
                     if let Some(store) = store.upgrade() {
-                        store.region_changed.notify_one();
+                        store.changed_regions.mark(region_id);
                     }
                 }
                 if metrics.changed().await.is_err() {
@@ -116,7 +123,8 @@ impl Peer {
             peer_id,
             raft,
             region: shared,
-            last_heard: parking_lot::Mutex::new(std::time::Instant::now()),
+            last_heard_ms: Default::default(),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -128,14 +136,27 @@ impl Peer {
         self.region.read().clone()
     }
 
+    /// Starts an election now rather than after an election timeout.
+    pub async fn campaign(&self) {
+        if let Err(e) = self.raft.trigger().elect(false).await {
+            tracing::warn!(region_id = self.region_id, "cannot campaign: {e}");
+        }
+    }
+
     /// A leader reached this replica (entries, heartbeat or snapshot).
     pub fn heard_from_leader(&self) {
-        *self.last_heard.lock() = std::time::Instant::now();
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_heard_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How long no leader has reached this replica.
     pub fn silent_for(&self) -> std::time::Duration {
-        self.last_heard.lock().elapsed()
+        let heard = std::time::Duration::from_millis(
+            self.last_heard_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        self.started.elapsed().saturating_sub(heard)
     }
 
     pub fn is_leader(&self) -> bool {

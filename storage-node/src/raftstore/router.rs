@@ -66,7 +66,12 @@ impl Router {
             let Some(local) = ctx.regions.local_peer(&region) else {
                 continue;
             };
-            router.ensure_peer(region, local.id).await?;
+            let peer = router.ensure_peer(region, local.id).await?;
+            // Alone, it would still wait out an election timeout first.
+            let voters: Vec<u64> = peer.raft().voter_ids().collect();
+            if voters == [local.id] {
+                peer.campaign().await;
+            }
         }
         Ok(router)
     }
@@ -119,11 +124,7 @@ impl Router {
                             // The parent's leader campaigns at once, as it
                             // is the likeliest to win; the other replicas
                             // wait for it, or elect after a timeout.
-                            Ok(peer) if leader => {
-                                if let Err(e) = peer.raft().trigger().elect(false).await {
-                                    tracing::warn!(region_id, "cannot campaign: {e}");
-                                }
-                            }
+                            Ok(peer) if leader => peer.campaign().await,
                             Ok(_) => {}
                             Err(e) => tracing::error!(region_id, "cannot start split region: {e}"),
                         }
@@ -357,7 +358,7 @@ impl Router {
                 command = ?response.region_epoch,
                 "refusing a scheduling command with a stale region epoch"
             );
-            self.ctx.region_changed.notify_one();
+            self.ctx.changed_regions.mark(region_id);
             return;
         }
         let mut changes = Vec::new();
@@ -411,7 +412,7 @@ impl Router {
                 }
             }
         }
-        self.ctx.region_changed.notify_one();
+        self.ctx.changed_regions.mark(region_id);
     }
 
     /// Stops every replica (store shutdown).

@@ -3,6 +3,7 @@
 //! and (when it changed) the Region's metadata in one engine batch.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
@@ -43,13 +44,23 @@ pub fn snapshot_region(data: &[u8]) -> io::Result<metapb::Region> {
     metapb::Region::decode(head.region.as_slice()).map_err(io_err)
 }
 
+/// What a replica's peer and its state machine share.
+#[derive(Default)]
+pub struct ReplicaFlags {
+    /// Whether this replica leads its Region (kept current by the peer).
+    pub leading: AtomicBool,
+    /// Set once openraft has loaded the replica. While it loads, it asks for
+    /// the current snapshot only for its metadata: building the data would
+    /// copy the whole Region into memory, twice per replica at every start.
+    pub opened: AtomicBool,
+}
+
 pub struct RegionStateMachine {
     region_id: u64,
     ctx: Arc<StoreContext>,
     /// The Region as this replica knows it; shared with the peer.
     region: Arc<RwLock<metapb::Region>>,
-    /// Whether this replica leads, kept current by the peer.
-    leading: Arc<std::sync::atomic::AtomicBool>,
+    flags: Arc<ReplicaFlags>,
     /// This replica's peer id.
     peer_id: u64,
     /// Whether an applied membership included this replica. A new replica
@@ -101,7 +112,7 @@ fn peer_set(region: &metapb::Region) -> std::collections::BTreeSet<(u64, u64, i3
 impl RegionStateMachine {
     /// Whether this replica currently leads its Region (set by the peer).
     fn leading(&self) -> bool {
-        self.leading.load(std::sync::atomic::Ordering::Relaxed)
+        self.flags.leading.load(Ordering::Relaxed)
     }
 
     pub fn new(
@@ -109,13 +120,13 @@ impl RegionStateMachine {
         peer_id: u64,
         ctx: Arc<StoreContext>,
         region: Arc<RwLock<metapb::Region>>,
-        leading: Arc<std::sync::atomic::AtomicBool>,
+        flags: Arc<ReplicaFlags>,
     ) -> Self {
         let mut sm = RegionStateMachine {
             region_id,
             ctx,
             region,
-            leading,
+            flags,
             peer_id,
             was_member: false,
         };
@@ -369,7 +380,7 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
             region_id: self.region_id,
             ctx: self.ctx.clone(),
             region: self.region.clone(),
-            leading: self.leading.clone(),
+            flags: self.flags.clone(),
             peer_id: self.peer_id,
             was_member: self.was_member,
         }
@@ -452,8 +463,20 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
         // The state machine is persistent: its current state is always a
         // valid (and the newest) snapshot.
         let applied: Option<LogId> = self.read_meta(&keys::applied_key(self.region_id))?;
-        if applied.is_none() {
+        let Some(applied) = applied else {
             return Ok(None);
+        };
+        if !self.flags.opened.load(Ordering::Acquire) {
+            let membership = self
+                .read_meta(&keys::membership_key(self.region_id))?
+                .unwrap_or_default();
+            return Ok(Some(Snapshot {
+                meta: SnapshotMeta {
+                    last_log_id: Some(applied),
+                    last_membership: membership,
+                },
+                snapshot: Vec::new(),
+            }));
         }
         self.build_snapshot().await.map(Some)
     }

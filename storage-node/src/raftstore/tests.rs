@@ -99,7 +99,7 @@ async fn start_store(
         transport: transport.clone(),
         resolver: Arc::new(resolver.clone()),
         raft_config: raft_config(),
-        region_changed: Default::default(),
+        changed_regions: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -576,7 +576,7 @@ impl
             transport: Transport::new(1, TransportConfig::default()),
             resolver: Arc::new(Arc::new(MapResolver::default())),
             raft_config: raft_config(),
-            region_changed: Default::default(),
+            changed_regions: Default::default(),
         });
         // Another Region's Raft state beside it must never leak in.
         let neighbour = super::log_store::RegionLogStore::new(8, engine.clone());
@@ -588,7 +588,10 @@ impl
             1,
             ctx,
             region,
-            Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            Arc::new(super::state_machine::ReplicaFlags {
+                opened: true.into(),
+                ..Default::default()
+            }),
         );
         Ok((dir, log, sm))
     }

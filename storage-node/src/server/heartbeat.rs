@@ -29,17 +29,20 @@ fn unix_secs(t: SystemTime) -> u64 {
 impl<P: PdClient> Heartbeats<P> {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.interval);
+        let changed = &self.router.context().changed_regions;
         loop {
-            tokio::select! {
+            // `None`: every Region led here.
+            let which = tokio::select! {
                 _ = tick.tick() => {
                     if let Err(e) = self.report_store().await {
                         tracing::warn!("store heartbeat failed: {e}");
                     }
+                    None
                 }
-                _ = self.router.context().region_changed.notified() => {}
+                ids = changed.take() => Some(ids),
                 _ = shutdown.changed() => return,
-            }
-            if let Err(e) = self.report_regions().await {
+            };
+            if let Err(e) = self.report_regions(which.as_ref()).await {
                 tracing::warn!("region heartbeat failed: {e}");
             }
         }
@@ -66,10 +69,13 @@ impl<P: PdClient> Heartbeats<P> {
         self.pd.store_heartbeat(stats).await.map(|_| ())
     }
 
-    async fn report_regions(&self) -> Result<(), crate::pd_client::PdError> {
+    async fn report_regions(
+        &self,
+        only: Option<&std::collections::BTreeSet<u64>>,
+    ) -> Result<(), crate::pd_client::PdError> {
         let _no_split_unreported = self.router.split_report.read().await;
         for peer in self.router.peers() {
-            if !peer.is_leader() {
+            if !peer.is_leader() || only.is_some_and(|ids| !ids.contains(&peer.region_id)) {
                 continue;
             }
             let region = peer.region();

@@ -181,7 +181,7 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         transport: transport.clone(),
         resolver: Arc::new(resolver),
         raft_config: raft_config(&config)?,
-        region_changed: Default::default(),
+        changed_regions: Default::default(),
     });
     let router = Router::start(ctx).await.map_err(NodeError::Raft)?;
     transport.set_dispatcher(Arc::new(RouterDispatch(Arc::downgrade(&router))));
