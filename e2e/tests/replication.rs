@@ -217,6 +217,46 @@ async fn killing_the_busiest_store_loses_no_acknowledged_write() -> Result<()> {
         },
     )
     .await?;
+    // Evict the leaders of the other stores: the restarted one must lead
+    // every Region (a transfer needs it caught up), and serve every
+    // acknowledged write itself.
+    let victim_id = common::store_id(&cluster, victim).await?;
+    for other in (0..cluster.store_addrs.len()).filter(|&i| i != victim) {
+        let id = common::store_id(&cluster, other).await?;
+        let (code, body) = http_request_with_body(
+            &cluster.pd_addr,
+            "POST",
+            "/pd/api/v1/schedulers",
+            &format!(r#"{{"name": "evict-leader-scheduler", "store_id": {id}}}"#),
+        )
+        .await?;
+        ensure!(code == 200, "evict leaders of store {id}: {code} {body}");
+    }
+    eventually(
+        Duration::from_secs(120),
+        "the restarted store leads every Region",
+        || {
+            let cluster = &cluster;
+            async move {
+                let counts = store_counts(cluster).await?;
+                Ok(counts.iter().all(|(id, _, regions, leaders)| {
+                    if *id == victim_id {
+                        leaders == regions
+                    } else {
+                        *leaders == 0
+                    }
+                }))
+            }
+        },
+    )
+    .await?;
+    for i in acked.iter().copied().chain(0..100usize) {
+        let got = retrying("read back from the restarted store", || client.get(key(i))).await?;
+        ensure!(
+            got.as_deref() == Some(value(i).as_slice()),
+            "key {i} missing on the restarted store"
+        );
+    }
     logs.disarm();
     Ok(())
 }

@@ -66,10 +66,13 @@ impl Router {
             let Some(local) = ctx.regions.local_peer(&region) else {
                 continue;
             };
-            let peer = router.ensure_peer(region, local.id).await?;
             // Alone, it would still wait out an election timeout first.
-            let voters: Vec<u64> = peer.raft().voter_ids().collect();
-            if voters == [local.id] {
+            let alone = region
+                .peers
+                .iter()
+                .all(|p| p.id == local.id || p.role == metapb::PeerRole::Learner as i32);
+            let peer = router.ensure_peer(region, local.id).await?;
+            if alone {
                 peer.campaign().await;
             }
         }
