@@ -16,9 +16,9 @@ use crate::region::RegionRegistry;
 #[derive(Debug)]
 pub enum StoreEvent {
     /// A split created these Regions (persisted): start their replicas here.
-    /// `leader` says this store led the parent: its replicas form the new
-    /// groups at once, the others wait to be reached (one campaign per
-    /// group instead of a three-way split vote).
+    /// `leader` says this store led the parent: its replicas campaign at
+    /// once, the others elect after a timeout only if that fails (one
+    /// campaign per group instead of a three-way split vote).
     SplitApplied {
         regions: Vec<metapb::Region>,
         leader: bool,

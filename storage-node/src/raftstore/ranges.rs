@@ -2,6 +2,34 @@
 
 use shale_proto::metapb;
 
+use crate::engine::{CfName, Modify};
+use crate::region::RegionRegistry;
+
+/// The parts of `region`'s range that no other Region here owns (`extra`
+/// counts as owned too): what a replica may delete when it goes away or
+/// shrinks, since a split it never applied can leave its range covering
+/// Regions this store holds.
+pub fn unowned(
+    region: &metapb::Region,
+    registry: &RegionRegistry,
+    extra: &[metapb::Region],
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let others: Vec<metapb::Region> = registry
+        .all()
+        .into_iter()
+        .filter(|r| r.id != region.id)
+        .chain(extra.iter().cloned())
+        .collect();
+    uncovered(&region.start_key, &region.end_key, &others)
+}
+
+/// Deletes of `ranges` in every data column family.
+pub fn delete_data(ranges: Vec<(Vec<u8>, Vec<u8>)>) -> impl Iterator<Item = Modify> {
+    ranges.into_iter().flat_map(|(start, end)| {
+        CfName::ALL.map(|cf| Modify::DeleteRange(cf, start.clone(), end.clone()))
+    })
+}
+
 /// The parts of `[start, end)` (empty `end`: unbounded) that none of
 /// `others` covers, in key order.
 pub fn uncovered(start: &[u8], end: &[u8], others: &[metapb::Region]) -> Vec<(Vec<u8>, Vec<u8>)> {

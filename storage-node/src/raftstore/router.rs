@@ -20,7 +20,7 @@ use super::ranges;
 use super::state_machine::snapshot_region;
 use super::transport::{Dispatch, Envelope};
 use super::types::{decode, encode, Snapshot};
-use crate::engine::{CfName, EngineBatch, MetaWrite, Modify};
+use crate::engine::{EngineBatch, MetaWrite};
 use crate::region::RegionRegistry;
 
 pub struct Router {
@@ -173,23 +173,13 @@ impl Router {
             sync: true,
             ..Default::default()
         };
-        // A removed replica may never have applied a later split, so its
-        // range can cover Regions this store still holds: delete only what
-        // no other Region here owns.
-        let others: Vec<metapb::Region> = self
-            .ctx
-            .regions
-            .all()
-            .into_iter()
-            .filter(|r| r.id != region_id)
-            .collect();
-        for (start, end) in ranges::uncovered(&region.start_key, &region.end_key, &others) {
-            for cf in CfName::ALL {
-                batch
-                    .data
-                    .push(Modify::DeleteRange(cf, start.clone(), end.clone()));
-            }
-        }
+        // A removed replica may never have applied a later split: delete
+        // only what no other Region here owns.
+        batch.data.extend(ranges::delete_data(ranges::unowned(
+            &region,
+            &self.ctx.regions,
+            &[],
+        )));
         batch
             .meta
             .push(MetaWrite::DeleteRange(raft_start, raft_end));

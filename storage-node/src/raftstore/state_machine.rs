@@ -405,27 +405,13 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
         let before = self.region.read().clone();
         let mut stale = vec![(region.start_key.clone(), region.end_key.clone())];
         if before.region_epoch.is_some() {
-            let others: Vec<metapb::Region> = self
-                .ctx
-                .regions
-                .all()
-                .into_iter()
-                .filter(|r| r.id != self.region_id)
-                .chain(std::iter::once(region.clone()))
-                .collect();
-            stale.extend(ranges::uncovered(
-                &before.start_key,
-                &before.end_key,
-                &others,
+            stale.extend(ranges::unowned(
+                &before,
+                &self.ctx.regions,
+                std::slice::from_ref(&region),
             ));
         }
-        for (start, end) in stale {
-            for cf in CfName::ALL {
-                batch
-                    .data
-                    .push(Modify::DeleteRange(cf, start.clone(), end.clone()));
-            }
-        }
+        batch.data.extend(ranges::delete_data(stale));
         let records = data.records.len();
         for (cf, key, value) in data.records {
             batch.data.push(Modify::Put(cf, key, value));

@@ -298,6 +298,25 @@ async fn losing_the_leader_elects_another_and_keeps_every_write() {
     }
 }
 
+/// Splits Region 1 (peers 101-103) at "m" through its leader `peer`: the
+/// new Region 2 (peers 201-203) takes the left part.
+async fn split_region_1_at_m(peer: &super::peer::Peer) -> CommandResult {
+    let epoch = peer.region().region_epoch.unwrap();
+    peer.propose(RegionCommand::Split {
+        epoch: Epoch {
+            conf_ver: epoch.conf_ver,
+            version: epoch.version,
+        },
+        keys: vec![b"m".to_vec()],
+        targets: vec![SplitTarget {
+            new_region_id: 2,
+            new_peer_ids: vec![201, 202, 203],
+        }],
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_split_through_raft_creates_the_new_region_on_every_store() {
     let (_resolver, stores) = three_stores().await;
@@ -305,20 +324,7 @@ async fn a_split_through_raft_creates_the_new_region_on_every_store() {
     let leader = leader_of(&refs, 1).await;
     let peer = stores[leader].router.peer(1).unwrap();
     let epoch = peer.region().region_epoch.unwrap();
-    let result = peer
-        .propose(RegionCommand::Split {
-            epoch: Epoch {
-                conf_ver: epoch.conf_ver,
-                version: epoch.version,
-            },
-            keys: vec![b"m".to_vec()],
-            targets: vec![SplitTarget {
-                new_region_id: 2,
-                new_peer_ids: vec![201, 202, 203],
-            }],
-        })
-        .await
-        .unwrap();
+    let result = split_region_1_at_m(&peer).await;
     assert!(matches!(result, CommandResult::EpochChanged { current } if current.len() == 2));
     for store in &stores {
         eventually("new region started", || store.router.peer(2).is_some()).await;
@@ -491,20 +497,7 @@ async fn a_store_that_missed_a_split_gets_the_new_region_by_snapshot() {
     let victim = (leader + 1) % 3;
     stores[victim].transport.faults().isolate(true);
     let peer = stores[leader].router.peer(1).unwrap();
-    let epoch = peer.region().region_epoch.unwrap();
-    peer.propose(RegionCommand::Split {
-        epoch: Epoch {
-            conf_ver: epoch.conf_ver,
-            version: epoch.version,
-        },
-        keys: vec![b"m".to_vec()],
-        targets: vec![SplitTarget {
-            new_region_id: 2,
-            new_peer_ids: vec![201, 202, 203],
-        }],
-    })
-    .await
-    .unwrap();
+    split_region_1_at_m(&peer).await;
     peer.remove_peer(101 + victim as u64).await.unwrap();
     stores[victim]
         .router
