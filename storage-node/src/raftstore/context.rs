@@ -107,3 +107,29 @@ impl ChangedRegions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn changed_regions_are_taken_once_each_and_take_waits_for_more() {
+        let changed = Arc::new(ChangedRegions::default());
+        changed.mark(5);
+        changed.mark(3);
+        changed.mark(5);
+        assert_eq!(changed.take().await.into_iter().collect::<Vec<_>>(), [3, 5]);
+        let waiting = {
+            let changed = changed.clone();
+            tokio::spawn(async move { changed.take().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "nothing was marked since");
+        changed.mark(9);
+        let taken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("a mark wakes the waiter")
+            .expect("task");
+        assert_eq!(taken.into_iter().collect::<Vec<_>>(), [9]);
+    }
+}
