@@ -30,6 +30,11 @@ pub struct Router {
     lifecycle: tokio::sync::Mutex<()>,
     /// Removed replicas by Region: messages to this peer id or older are stale.
     tombstones: RwLock<HashMap<u64, u64>>,
+    /// Held for writing from a split's proposal until placement has its
+    /// report, and for reading by Region heartbeats: placement must never
+    /// hear of a split half before the split itself, or its routing would
+    /// have a hole that clients fall into.
+    pub split_report: tokio::sync::RwLock<()>,
 }
 
 impl Router {
@@ -55,6 +60,7 @@ impl Router {
             peers: RwLock::default(),
             lifecycle: tokio::sync::Mutex::new(()),
             tombstones: RwLock::new(tombstones),
+            split_report: tokio::sync::RwLock::new(()),
         });
         for region in ctx.regions.all() {
             let Some(local) = ctx.regions.local_peer(&region) else {
@@ -236,14 +242,7 @@ impl Router {
                 ));
             }
         }
-        // A vote creates the (empty) replica too, as in TiKV: a split Region
-        // whose other replicas skipped the split (they took the parent's
-        // snapshot instead) has no quorum until these replicas exist and
-        // vote; the winner then sends them a snapshot.
-        if !matches!(
-            envelope.kind,
-            kind::APPEND | kind::SNAPSHOT | kind::VOTE | kind::PRE_VOTE
-        ) {
+        if !matches!(envelope.kind, kind::APPEND | kind::SNAPSHOT) {
             return Err(format!(
                 "region {} not found on this store",
                 envelope.region_id
