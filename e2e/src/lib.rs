@@ -30,27 +30,9 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A free loopback port (bound and released) for a test server.
-///
-/// A port the system picks (bind to port 0) lies in the ephemeral range,
-/// where any outgoing connection can take it between this check and the
-/// server binding it ("Address already in use"). These come from below that
-/// range (Linux: 32768 and up), each handed out once per test process; the
-/// starting point depends on the process id so that test binaries run one
-/// after another do not reuse each other's lingering ports.
+/// A free loopback port (bound and released; good enough for tests).
 pub fn free_port() -> Result<u16> {
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7919) % SPAN;
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = (FIRST + (start + n) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port in {FIRST}..{}", FIRST + SPAN)
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// One server process with a fixed address and data directory.
