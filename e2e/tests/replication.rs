@@ -196,7 +196,7 @@ async fn killing_the_busiest_store_loses_no_acknowledged_write() -> Result<()> {
     for i in acked.iter().copied().chain(0..100usize) {
         // tikv-client 0.4 may report a refused connection to the dead
         // store instead of retrying; a later attempt goes to the new leader.
-        let got = retrying("read back", || client.get(key(i))).await?;
+        let got = read_or_report(&cluster, &client, "read back", i).await?;
         ensure!(got.as_deref() == Some(value(i).as_slice()), "key {i} lost");
     }
 
@@ -251,11 +251,14 @@ async fn killing_the_busiest_store_loses_no_acknowledged_write() -> Result<()> {
     )
     .await?;
     for i in acked.iter().copied().chain(0..100usize) {
-        let got = retrying("read back from the restarted store", || client.get(key(i))).await?;
-        ensure!(
-            got.as_deref() == Some(value(i).as_slice()),
-            "key {i} missing on the restarted store"
-        );
+        let got =
+            read_or_report(&cluster, &client, "read back from the restarted store", i).await?;
+        if got.as_deref() != Some(value(i).as_slice()) {
+            anyhow::bail!(
+                "key {i} missing on the restarted store\n{}",
+                what_each_store_has(&cluster, &key(i)).await?
+            );
+        }
     }
     logs.disarm();
     Ok(())
@@ -324,6 +327,22 @@ async fn an_isolated_store_serves_nothing_stale_and_heals() -> Result<()> {
     ensure!(got.as_deref() == Some(&b"after"[..]));
     logs.disarm();
     Ok(())
+}
+
+/// Reads key `i`, retrying; when that fails, says where each store stands.
+async fn read_or_report(
+    cluster: &Cluster,
+    client: &RawClient,
+    what: &str,
+    i: usize,
+) -> Result<Option<Vec<u8>>> {
+    match retrying(what, || client.get(key(i))).await {
+        Ok(got) => Ok(got),
+        Err(e) => anyhow::bail!(
+            "{e:#}: key {i}\n{}",
+            what_each_store_has(cluster, &key(i)).await?
+        ),
+    }
 }
 
 /// For a failure report: placement's Region for `key`, and what each store's

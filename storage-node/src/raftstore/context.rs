@@ -81,6 +81,12 @@ pub struct StoreContext {
     /// Regions that became led here or ran a scheduling command: placement
     /// hears of them at once rather than at the next periodic heartbeat.
     pub changed_regions: ChangedRegions,
+    /// Held while a replica changes which key ranges its Region owns here
+    /// (snapshot install, split apply, destroy). Each works out what no
+    /// other Region owns, writes, and updates `regions` as one step: a
+    /// concurrent one would otherwise see another's freshly written data as
+    /// unowned (not registered yet) and delete it.
+    pub range_changes: tokio::sync::Mutex<()>,
 }
 
 /// Regions to heartbeat before the next periodic round.

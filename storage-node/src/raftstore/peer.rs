@@ -300,8 +300,44 @@ impl Peer {
         Ok(())
     }
 
-    /// Hands leadership to `peer_id`.
+    /// What this leader knows of `peer_id`'s progress.
+    fn transfer_target(&self, peer_id: PeerId) -> TransferTarget {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let target = TransferTarget {
+            voter: m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == peer_id),
+            matched: m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&peer_id).cloned().flatten())
+                .map(|log_id| log_id.index),
+            acked_ago: m
+                .heartbeat
+                .as_ref()
+                .and_then(|h| h.get(&peer_id).cloned().flatten())
+                .map(|at| openraft::Instant::elapsed(&*at)),
+            last_index: m.last_log_index,
+        };
+        target
+    }
+
+    /// Hands leadership to `peer_id`, if it can take it now. A leader
+    /// handing over stops heartbeats and refuses writes until the target
+    /// wins an election: a target that is down or far behind would leave
+    /// the Region without a working leader for an election timeout, again
+    /// at every heartbeat while placement's operator lasts.
     pub async fn transfer_leader(&self, peer_id: PeerId) -> Result<(), String> {
+        let target = self.transfer_target(peer_id);
+        let max_silence = std::time::Duration::from_millis(self.raft.config().election_timeout_min);
+        if let Some(reason) = target.refusal(max_silence) {
+            return Err(format!(
+                "not handing leadership to peer {peer_id}: {reason}"
+            ));
+        }
         self.raft
             .trigger()
             .transfer_leader(peer_id)
@@ -313,6 +349,44 @@ impl Peer {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(region_id = self.region_id, "raft shutdown: {e}");
         }
+    }
+}
+
+/// Entries a leadership target may lag behind and still take over (it
+/// catches up while the leader waits for it; TiKV allows the same).
+const MAX_TRANSFER_LOG_LAG: u64 = 128;
+
+/// What the leader knows of a leadership target's progress.
+#[derive(Debug, Clone, Copy)]
+struct TransferTarget {
+    voter: bool,
+    /// The last log index it holds, as far as the leader knows.
+    matched: Option<u64>,
+    /// Since it last acknowledged the leader.
+    acked_ago: Option<std::time::Duration>,
+    /// The leader's last log index.
+    last_index: Option<u64>,
+}
+
+impl TransferTarget {
+    /// Why leadership must not go to this target now, if it must not.
+    fn refusal(&self, max_silence: std::time::Duration) -> Option<String> {
+        if !self.voter {
+            return Some("it is not a voter".into());
+        }
+        match self.acked_ago {
+            None => return Some("it never answered this leader".into()),
+            Some(ago) if ago > max_silence => {
+                return Some(format!("it has not answered for {ago:?}"))
+            }
+            Some(_) => {}
+        }
+        let last = self.last_index.unwrap_or(0);
+        let matched = self.matched.unwrap_or(0);
+        if matched + MAX_TRANSFER_LOG_LAG < last {
+            return Some(format!("its log ends at {matched}, the leader's at {last}"));
+        }
+        None
     }
 }
 
@@ -335,4 +409,57 @@ fn decode_regions(encoded: &[Vec<u8>]) -> Vec<metapb::Region> {
         .iter()
         .filter_map(|b| metapb::Region::decode(b.as_slice()).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::TransferTarget;
+
+    const SILENCE: Duration = Duration::from_secs(1);
+
+    fn caught_up() -> TransferTarget {
+        TransferTarget {
+            voter: true,
+            matched: Some(40),
+            acked_ago: Some(Duration::from_millis(50)),
+            last_index: Some(40),
+        }
+    }
+
+    #[test]
+    fn a_live_caught_up_voter_may_take_leadership() {
+        assert_eq!(caught_up().refusal(SILENCE), None);
+        let slightly_behind = TransferTarget {
+            matched: Some(30),
+            ..caught_up()
+        };
+        assert_eq!(slightly_behind.refusal(SILENCE), None);
+    }
+
+    #[test]
+    fn a_silent_lagging_or_non_voting_target_is_refused() {
+        let down = TransferTarget {
+            acked_ago: Some(Duration::from_secs(3)),
+            ..caught_up()
+        };
+        assert!(down.refusal(SILENCE).unwrap().contains("not answered"));
+        let never = TransferTarget {
+            acked_ago: None,
+            ..caught_up()
+        };
+        assert!(never.refusal(SILENCE).is_some());
+        let behind = TransferTarget {
+            matched: Some(6),
+            last_index: Some(500),
+            ..caught_up()
+        };
+        assert!(behind.refusal(SILENCE).unwrap().contains("log ends at 6"));
+        let learner = TransferTarget {
+            voter: false,
+            ..caught_up()
+        };
+        assert!(learner.refusal(SILENCE).is_some());
+    }
 }

@@ -30,11 +30,6 @@ pub struct Router {
     lifecycle: tokio::sync::Mutex<()>,
     /// Removed replicas by Region: messages to this peer id or older are stale.
     tombstones: RwLock<HashMap<u64, u64>>,
-    /// Held for writing from a split's proposal until placement has its
-    /// report, and for reading by Region heartbeats: placement must never
-    /// hear of a split half before the split itself, or its routing would
-    /// have a hole that clients fall into.
-    pub split_report: tokio::sync::RwLock<()>,
 }
 
 impl Router {
@@ -60,7 +55,6 @@ impl Router {
             peers: RwLock::default(),
             lifecycle: tokio::sync::Mutex::new(()),
             tombstones: RwLock::new(tombstones),
-            split_report: tokio::sync::RwLock::new(()),
         });
         for region in ctx.regions.all() {
             let Some(local) = ctx.regions.local_peer(&region) else {
@@ -167,6 +161,7 @@ impl Router {
             return Ok(());
         };
         peer.shutdown().await;
+        let _ranges = self.ctx.range_changes.lock().await;
         let region = peer.region();
         let (raft_start, raft_end) = keys::region_raft_range(region_id);
         let mut batch = EngineBatch {
@@ -242,7 +237,16 @@ impl Router {
                 ));
             }
         }
-        if !matches!(envelope.kind, kind::APPEND | kind::SNAPSHOT) {
+        // A vote creates the (empty) replica too, as in TiKV: a split Region
+        // whose other replicas skipped the split (they took the parent's
+        // snapshot instead) has no quorum until these replicas exist and
+        // vote. An empty replica is in no membership, so it never campaigns;
+        // it grants its vote to a candidate with any log, and the winner then
+        // sends it a snapshot.
+        if !matches!(
+            envelope.kind,
+            kind::APPEND | kind::SNAPSHOT | kind::VOTE | kind::PRE_VOTE
+        ) {
             return Err(format!(
                 "region {} not found on this store",
                 envelope.region_id
@@ -401,7 +405,7 @@ impl Router {
         if let Some(transfer) = response.transfer_leader {
             if let Some(to) = transfer.peer {
                 if let Err(e) = peer.transfer_leader(to.id).await {
-                    tracing::warn!(region_id, to = to.id, "leader transfer failed: {e}");
+                    tracing::debug!(region_id, to = to.id, "leader transfer not started: {e}");
                 }
             }
         }

@@ -254,6 +254,8 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
         let mut new_regions: Vec<metapb::Region> = Vec::new();
         let mut removed = false;
         let mut last = None;
+        // Taken at a split, held until the new Regions are registered.
+        let mut range_change = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             let result = match &entry.payload {
@@ -278,6 +280,9 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
                             current: vec![region.encode_to_vec()],
                         }
                     } else {
+                        if range_change.is_none() {
+                            range_change = Some(self.ctx.range_changes.lock().await);
+                        }
                         match self.split(&region, keys, targets) {
                             Ok(parts) => {
                                 let current: Vec<Vec<u8>> =
@@ -402,6 +407,7 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
         // The snapshot's range, and whatever else this replica covered that
         // no other Region here owns (a split it never applied): that data
         // belongs to Regions that will reach this store by snapshot too.
+        let _ranges = self.ctx.range_changes.lock().await;
         let before = self.region.read().clone();
         let mut stale = vec![(region.start_key.clone(), region.end_key.clone())];
         if before.region_epoch.is_some() {
@@ -465,5 +471,103 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
             }));
         }
         self.build_snapshot().await.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::engine::RocksEngine;
+    use crate::raftstore::context::CachedResolver;
+    use crate::raftstore::transport::{Transport, TransportConfig};
+
+    fn store(dir: &std::path::Path) -> Arc<StoreContext> {
+        let engine = RocksEngine::open(dir, true).unwrap();
+        let regions = RegionRegistry::load(1, engine.clone()).unwrap();
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        Arc::new(StoreContext {
+            store_id: 1,
+            engine,
+            regions,
+            events,
+            transport: Transport::new(1, TransportConfig::default()),
+            resolver: Arc::new(CachedResolver::new(Arc::new(|_| {
+                Box::pin(async { Err("no stores in this test".to_string()) })
+            }))),
+            raft_config: Arc::new(openraft::Config::default().validate().unwrap()),
+            changed_regions: Default::default(),
+            range_changes: Default::default(),
+        })
+    }
+
+    fn region(id: u64, start: &[u8], end: &[u8]) -> metapb::Region {
+        metapb::Region {
+            id,
+            start_key: start.to_vec(),
+            end_key: end.to_vec(),
+            region_epoch: Some(metapb::RegionEpoch {
+                conf_ver: 1,
+                version: 1,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A replica a leader's message created, with the range that leader
+    /// saw then.
+    fn replica(ctx: &Arc<StoreContext>, seen: metapb::Region) -> RegionStateMachine {
+        RegionStateMachine::new(
+            seen.id,
+            seen.id * 10,
+            ctx.clone(),
+            Arc::new(RwLock::new(seen)),
+            Arc::default(),
+        )
+    }
+
+    fn snapshot_of(region: &metapb::Region, key: &[u8]) -> (SnapshotMeta, Vec<u8>) {
+        let data = SnapshotData {
+            region: region.encode_to_vec(),
+            records: vec![(CfName::Default, key.to_vec(), b"v".to_vec())],
+        };
+        let meta = SnapshotMeta {
+            last_log_id: Some(initial_state::initial_log_id()),
+            last_membership: StoredMembership::default(),
+        };
+        (meta, encode(&data).unwrap())
+    }
+
+    /// Two Regions split apart before this store held either: the one whose
+    /// replica still covers both ranges (it was created from a message sent
+    /// before the split) must not delete the other's freshly installed data
+    /// as "unowned" while their snapshots install at the same time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_snapshot_installs_keep_each_others_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = store(dir.path());
+        let left = region(21, b"a", b"m");
+        let right = region(14, b"m", b"z");
+        let mut left_sm = replica(&ctx, left.clone());
+        let mut right_sm = replica(&ctx, region(14, b"a", b"z"));
+        let (left_meta, left_data) = snapshot_of(&left, b"b");
+        let (right_meta, right_data) = snapshot_of(&right, b"n");
+        let (l, r) = tokio::join!(
+            left_sm.install_snapshot(&left_meta, left_data),
+            right_sm.install_snapshot(&right_meta, right_data),
+        );
+        l.unwrap();
+        r.unwrap();
+        let snap = ctx.engine.snapshot();
+        assert_eq!(
+            snap.get_cf(CfName::Default, b"n").unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(
+            snap.get_cf(CfName::Default, b"b").unwrap(),
+            Some(b"v".to_vec()),
+            "the left Region's data was deleted by the right one's install"
+        );
     }
 }

@@ -100,6 +100,7 @@ async fn start_store(
         resolver: Arc::new(resolver.clone()),
         raft_config: raft_config(),
         changed_regions: Default::default(),
+        range_changes: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -570,6 +571,7 @@ impl
             resolver: Arc::new(Arc::new(MapResolver::default())),
             raft_config: raft_config(),
             changed_regions: Default::default(),
+            range_changes: Default::default(),
         });
         // Another Region's Raft state beside it must never leak in.
         let neighbour = super::log_store::RegionLogStore::new(8, engine.clone());

@@ -73,7 +73,6 @@ impl<P: PdClient> Heartbeats<P> {
         &self,
         only: Option<&std::collections::BTreeSet<u64>>,
     ) -> Result<(), crate::pd_client::PdError> {
-        let _no_split_unreported = self.router.split_report.read().await;
         for peer in self.router.peers() {
             if !peer.is_leader() || only.is_some_and(|ids| !ids.contains(&peer.region_id)) {
                 continue;

@@ -182,6 +182,7 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         resolver: Arc::new(resolver),
         raft_config: raft_config(&config)?,
         changed_regions: Default::default(),
+        range_changes: Default::default(),
     });
     let router = Router::start(ctx).await.map_err(NodeError::Raft)?;
     transport.set_dispatcher(Arc::new(RouterDispatch(Arc::downgrade(&router))));
