@@ -55,7 +55,16 @@ pub fn split_region(
             .peers
             .iter()
             .zip(&id.new_peer_ids)
-            .map(|(p, new_id)| metapb::Peer { id: *new_id, ..*p })
+            // A learner is an added peer still catching up (placement adds
+            // voters; the store stages them as learners). The new Region
+            // starts with every peer as a voter: no operator would ever
+            // promote its copy of that learner, and a Region of two voters
+            // could not survive losing either.
+            .map(|(p, new_id)| metapb::Peer {
+                id: *new_id,
+                role: metapb::PeerRole::Voter as i32,
+                ..*p
+            })
             .collect();
         out.push(metapb::Region {
             id: id.new_region_id,
@@ -120,6 +129,28 @@ mod tests {
         );
         assert!(parts.iter().all(|r| r.region_epoch.unwrap().version == 3));
         assert!(parts.iter().all(|r| r.peers[0].store_id == 1));
+    }
+
+    #[test]
+    fn a_learner_being_added_is_a_voter_of_the_new_regions() {
+        let mut parent = region();
+        parent.peers.push(metapb::Peer {
+            id: 4,
+            store_id: 2,
+            role: metapb::PeerRole::Learner as i32,
+            ..Default::default()
+        });
+        let ids = [pdpb::SplitId {
+            new_region_id: 10,
+            new_peer_ids: vec![20, 21],
+        }];
+        let parts = split_region(&parent, &[b"b".to_vec()], &ids).unwrap();
+        let roles = |r: &metapb::Region| r.peers.iter().map(|p| p.role).collect::<Vec<_>>();
+        let voter = metapb::PeerRole::Voter as i32;
+        let learner = metapb::PeerRole::Learner as i32;
+        assert_eq!(roles(&parts[0]), [voter, voter]);
+        // The parent keeps its own membership change going.
+        assert_eq!(roles(&parts[1]), [voter, learner]);
     }
 
     #[test]
