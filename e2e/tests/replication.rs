@@ -232,21 +232,18 @@ async fn killing_the_busiest_store_loses_no_acknowledged_write() -> Result<()> {
         .await?;
         ensure!(code == 200, "evict leaders of store {id}: {code} {body}");
     }
-    eventually(
+    until_store_counts(
+        &cluster,
         Duration::from_secs(120),
         "the restarted store leads every Region",
-        || {
-            let cluster = &cluster;
-            async move {
-                let counts = store_counts(cluster).await?;
-                Ok(counts.iter().all(|(id, _, regions, leaders)| {
-                    if *id == victim_id {
-                        leaders == regions
-                    } else {
-                        *leaders == 0
-                    }
-                }))
-            }
+        |counts| {
+            counts.iter().all(|(id, _, regions, leaders)| {
+                if *id == victim_id {
+                    leaders == regions
+                } else {
+                    *leaders == 0
+                }
+            })
         },
     )
     .await?;
@@ -389,9 +386,27 @@ async fn what_each_store_has(cluster: &Cluster, key: &[u8]) -> Result<String> {
     Ok(out)
 }
 
+/// One store as placement's `/stores` lists it: id, state name, Region
+/// count, leader count.
+type StoreCount = (u64, String, u64, u64);
+
+/// Waits until placement's per-store counts satisfy `done`.
+async fn until_store_counts(
+    cluster: &Cluster,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[StoreCount]) -> bool,
+) -> Result<()> {
+    let done = &done;
+    eventually(timeout, what, || async move {
+        Ok(done(&store_counts(cluster).await?))
+    })
+    .await
+}
+
 /// Regions and leaders per store, from placement's `/stores` (Tombstone
 /// stores included: PD lists only Up and Offline unless asked).
-async fn store_counts(cluster: &Cluster) -> Result<Vec<(u64, String, u64, u64)>> {
+async fn store_counts(cluster: &Cluster) -> Result<Vec<StoreCount>> {
     let (code, body) = http_get(
         &cluster.pd_addr,
         "/pd/api/v1/stores?state=0&state=1&state=2",
@@ -425,17 +440,14 @@ async fn a_fourth_store_gets_regions_and_a_deleted_store_is_drained() -> Result<
     // A 4th store: Regions and leaders move onto it.
     let fourth = cluster.add_store().await?;
     let fourth_id = common::store_id(&cluster, fourth).await?;
-    eventually(
+    until_store_counts(
+        &cluster,
         Duration::from_secs(120),
         "regions and leaders rebalance",
-        || {
-            let cluster = &cluster;
-            async move {
-                let counts = store_counts(cluster).await?;
-                Ok(counts.iter().any(|(id, _, regions, leaders)| {
-                    *id == fourth_id && *regions >= 5 && *leaders >= 1
-                }))
-            }
+        |counts| {
+            counts
+                .iter()
+                .any(|(id, _, regions, leaders)| *id == fourth_id && *regions >= 5 && *leaders >= 1)
         },
     )
     .await?;
@@ -450,17 +462,14 @@ async fn a_fourth_store_gets_regions_and_a_deleted_store_is_drained() -> Result<
     )
     .await?;
     ensure!(code == 200, "delete store: {code} {body}");
-    eventually(
+    until_store_counts(
+        &cluster,
         Duration::from_secs(180),
         "deleted store becomes Tombstone",
-        || {
-            let cluster = &cluster;
-            async move {
-                let counts = store_counts(cluster).await?;
-                Ok(counts
-                    .iter()
-                    .any(|(id, state, _, _)| *id == first_id && state == "Tombstone"))
-            }
+        |counts| {
+            counts
+                .iter()
+                .any(|(id, state, _, _)| *id == first_id && state == "Tombstone")
         },
     )
     .await?;

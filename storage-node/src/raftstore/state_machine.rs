@@ -479,41 +479,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::engine::RocksEngine;
-    use crate::raftstore::context::CachedResolver;
-    use crate::raftstore::transport::{Transport, TransportConfig};
-
-    fn store(dir: &std::path::Path) -> Arc<StoreContext> {
-        let engine = RocksEngine::open(dir, true).unwrap();
-        let regions = RegionRegistry::load(1, engine.clone()).unwrap();
-        let (events, _) = tokio::sync::mpsc::unbounded_channel();
-        Arc::new(StoreContext {
-            store_id: 1,
-            engine,
-            regions,
-            events,
-            transport: Transport::new(1, TransportConfig::default()),
-            resolver: Arc::new(CachedResolver::new(Arc::new(|_| {
-                Box::pin(async { Err("no stores in this test".to_string()) })
-            }))),
-            raft_config: Arc::new(openraft::Config::default().validate().unwrap()),
-            changed_regions: Default::default(),
-            range_changes: Default::default(),
-        })
-    }
-
-    fn region(id: u64, start: &[u8], end: &[u8]) -> metapb::Region {
-        metapb::Region {
-            id,
-            start_key: start.to_vec(),
-            end_key: end.to_vec(),
-            region_epoch: Some(metapb::RegionEpoch {
-                conf_ver: 1,
-                version: 1,
-            }),
-            ..Default::default()
-        }
-    }
+    use crate::raftstore::tests::{region, standalone_context};
 
     /// A replica a leader's message created, with the range that leader
     /// saw then.
@@ -546,11 +512,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_snapshot_installs_keep_each_others_data() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = store(dir.path());
-        let left = region(21, b"a", b"m");
-        let right = region(14, b"m", b"z");
+        let ctx = standalone_context(dir.path());
+        let left = region(21, b"a", b"m", &[]);
+        let right = region(14, b"m", b"z", &[]);
         let mut left_sm = replica(&ctx, left.clone());
-        let mut right_sm = replica(&ctx, region(14, b"a", b"z"));
+        let mut right_sm = replica(&ctx, region(14, b"a", b"z", &[]));
         let (left_meta, left_data) = snapshot_of(&left, b"b");
         let (right_meta, right_data) = snapshot_of(&right, b"n");
         let (l, r) = tokio::join!(

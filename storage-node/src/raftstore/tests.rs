@@ -55,7 +55,7 @@ fn raft_config() -> Arc<openraft::Config> {
     )
 }
 
-fn region(id: u64, start: &[u8], end: &[u8], peers: &[(u64, u64)]) -> metapb::Region {
+pub(super) fn region(id: u64, start: &[u8], end: &[u8], peers: &[(u64, u64)]) -> metapb::Region {
     metapb::Region {
         id,
         start_key: start.to_vec(),
@@ -559,20 +559,8 @@ impl
         openraft::StorageError<super::types::RegionTypes>,
     > {
         let dir = tempfile::tempdir().unwrap();
-        let engine = RocksEngine::open(dir.path(), true).unwrap();
-        let regions = RegionRegistry::load(1, engine.clone()).unwrap();
-        let (events, _) = tokio::sync::mpsc::unbounded_channel();
-        let ctx = Arc::new(StoreContext {
-            store_id: 1,
-            engine: engine.clone(),
-            regions,
-            events,
-            transport: Transport::new(1, TransportConfig::default()),
-            resolver: Arc::new(Arc::new(MapResolver::default())),
-            raft_config: raft_config(),
-            changed_regions: Default::default(),
-            range_changes: Default::default(),
-        });
+        let ctx = standalone_context(dir.path());
+        let engine = ctx.engine.clone();
         // Another Region's Raft state beside it must never leak in.
         let neighbour = super::log_store::RegionLogStore::new(8, engine.clone());
         drop(neighbour);
@@ -590,6 +578,25 @@ impl
         );
         Ok((dir, log, sm))
     }
+}
+
+/// Store 1's context over a RocksDB in `dir`, reaching no other store:
+/// for state machine and log store tests without Raft traffic.
+pub(super) fn standalone_context(dir: &std::path::Path) -> Arc<StoreContext> {
+    let engine = RocksEngine::open(dir, true).unwrap();
+    let regions = RegionRegistry::load(1, engine.clone()).unwrap();
+    let (events, _) = tokio::sync::mpsc::unbounded_channel();
+    Arc::new(StoreContext {
+        store_id: 1,
+        engine,
+        regions,
+        events,
+        transport: Transport::new(1, TransportConfig::default()),
+        resolver: Arc::new(Arc::new(MapResolver::default())),
+        raft_config: raft_config(),
+        changed_regions: Default::default(),
+        range_changes: Default::default(),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
