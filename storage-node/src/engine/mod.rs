@@ -42,7 +42,8 @@ impl CfName {
 pub enum Modify {
     Put(CfName, Vec<u8>, Vec<u8>),
     Delete(CfName, Vec<u8>),
-    /// Deletes `[start, end)`; an empty `end` means "to the end of the key space".
+    /// Deletes `[start, end)`; an empty `end` means "to the end of the key
+    /// space". Through a Region (`RaftKv`) it is clamped to the Region.
     DeleteRange(CfName, Vec<u8>, Vec<u8>),
 }
 
@@ -99,6 +100,14 @@ pub trait Snapshot: Send + Sync + 'static {
         lower: Option<&[u8]>,
         upper: Option<&[u8]>,
     ) -> EngineResult<Self::Iter<'_>>;
+
+    /// Whether the store's `max_ts` was synced from the TSO since this
+    /// snapshot's Region got its current leader: async-commit and 1PC
+    /// prewrites may only pick a commit timestamp when it was (a new leader
+    /// has not seen the reads its predecessor served).
+    fn max_ts_synced(&self) -> bool {
+        true
+    }
 }
 
 /// Positioned cursor over one column family of a snapshot. Keys are data keys.
@@ -133,4 +142,14 @@ pub trait Engine: Clone + Send + Sync + 'static {
         ctx: &EngineContext,
         batch: Vec<Modify>,
     ) -> impl Future<Output = EngineResult<()>> + Send;
+
+    /// Waits (briefly) until the Region's leader has synced `max_ts`, as
+    /// async-commit and 1PC prewrites need; a Region error
+    /// (`MaxTimestampNotSynced`, `NotLeader`) when it does not happen.
+    fn wait_max_ts_synced(
+        &self,
+        _ctx: &EngineContext,
+    ) -> impl Future<Output = EngineResult<()>> + Send {
+        async { Ok(()) }
+    }
 }

@@ -196,6 +196,26 @@ impl RocksEngine {
         Ok(out)
     }
 
+    /// The first and last metadata keys in `[start, end)` (debugging).
+    pub fn meta_range_bounds(
+        &self,
+        (start, end): &(Vec<u8>, Vec<u8>),
+    ) -> EngineResult<KeyBounds> {
+        let cf = self.meta_cf()?;
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek(start);
+        let first = it.key().filter(|k| *k < end.as_slice()).map(<[u8]>::to_vec);
+        it.seek_for_prev(end);
+        let mut last = it.key().map(<[u8]>::to_vec);
+        if last.as_deref() == Some(end.as_slice()) {
+            it.prev();
+            last = it.key().map(<[u8]>::to_vec);
+        }
+        let last = last.filter(|k| k.as_slice() >= start.as_slice());
+        it.status()?;
+        Ok((first, last))
+    }
+
     /// Bytes of data on disk, approximately (for store heartbeats).
     pub fn approximate_size(&self) -> u64 {
         CfName::ALL
@@ -210,6 +230,9 @@ impl RocksEngine {
             .sum()
     }
 }
+
+/// The first and last key found in a range, if any.
+pub type KeyBounds = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 fn write_loop(
     db: std::sync::Weak<DB>,

@@ -369,4 +369,28 @@ impl PdClient for GrpcPdClient {
         check_header(resp.header.as_ref())?;
         Ok(resp.safe_point)
     }
+
+    async fn get_tso(&self) -> PdResult<u64> {
+        let header = self.header();
+        let resp = self
+            .call(|mut s| async move {
+                let request = pdpb::TsoRequest {
+                    header,
+                    count: 1,
+                    dc_location: String::new(),
+                };
+                let stream = s.tso(tokio_stream::once(request)).await?;
+                let mut inbound = stream.into_inner();
+                match inbound.message().await? {
+                    Some(resp) => Ok(tonic::Response::new(resp)),
+                    None => Err(tonic::Status::unavailable(
+                        "placement closed the TSO stream",
+                    )),
+                }
+            })
+            .await?;
+        check_header(resp.header.as_ref())?;
+        let ts = resp.timestamp.ok_or(PdError::StreamClosed)?;
+        Ok(((ts.physical as u64) << 18) | (ts.logical as u64))
+    }
 }

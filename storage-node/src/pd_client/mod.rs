@@ -73,6 +73,8 @@ pub trait PdClient: Send + Sync + 'static {
         regions: Vec<metapb::Region>,
     ) -> impl Future<Output = PdResult<()>> + Send;
     fn gc_safe_point(&self) -> impl Future<Output = PdResult<u64>> + Send;
+    /// A fresh timestamp from placement's TSO (`physical_ms << 18 | logical`).
+    fn get_tso(&self) -> impl Future<Output = PdResult<u64>> + Send;
     /// The Region with `region_id` as placement knows it (None: unknown).
     fn get_region_by_id(
         &self,

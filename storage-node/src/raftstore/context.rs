@@ -35,6 +35,25 @@ pub trait StoreResolver: Send + Sync + 'static {
     fn invalidate(&self, _store_id: u64) {}
 }
 
+/// Raises the store's `max_ts` (the largest timestamp any reader used) to
+/// at least every timestamp the TSO has handed out so far: what a Region's
+/// new leader must do before it lets async-commit or 1PC transactions pick
+/// commit timestamps, since its predecessor may have served reads at any of
+/// them.
+pub trait MaxTsSync: Send + Sync + 'static {
+    fn sync(&self) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// A store that takes no timestamps from a TSO (tests of replication
+/// alone): syncing succeeds at once.
+pub struct NoTso;
+
+impl MaxTsSync for NoTso {
+    fn sync(&self) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// A resolver over a lookup function (placement's GetStore), with a cache.
 pub struct CachedResolver {
     cache: RwLock<HashMap<u64, String>>,
@@ -87,6 +106,8 @@ pub struct StoreContext {
     /// concurrent one would otherwise see another's freshly written data as
     /// unowned (not registered yet) and delete it.
     pub range_changes: tokio::sync::Mutex<()>,
+    /// How a new leader syncs `max_ts` (the TSO, through placement).
+    pub max_ts: Arc<dyn MaxTsSync>,
 }
 
 /// Regions to heartbeat before the next periodic round.

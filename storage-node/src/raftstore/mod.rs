@@ -16,6 +16,7 @@ pub mod peer;
 pub mod peer_gc;
 pub mod raft_kv;
 pub mod ranges;
+pub mod region_snapshot;
 pub mod router;
 pub mod split;
 pub mod state_machine;
@@ -25,6 +26,7 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub use context::{CachedResolver, StoreContext, StoreEvent, StoreResolver};
+pub use context::{CachedResolver, MaxTsSync, NoTso, StoreContext, StoreEvent, StoreResolver};
 pub use raft_kv::RaftKv;
+pub use region_snapshot::RegionSnapshot;
 pub use router::{Router, RouterDispatch};

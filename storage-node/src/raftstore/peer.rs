@@ -19,14 +19,16 @@ use super::state_machine::{RegionStateMachine, ReplicaFlags};
 use super::types::{CommandResult, Epoch, PeerId, PeerNode, Raft, RegionCommand};
 use crate::engine::EngineError;
 
-/// How long a proposal may wait to be committed and applied.
-pub const PROPOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long an async-commit or 1PC prewrite waits for a new leader to
+/// sync `max_ts` before it is told `MaxTimestampNotSynced`.
+pub const MAX_TS_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Peer {
     pub region_id: u64,
     pub peer_id: PeerId,
     raft: Raft,
     region: Arc<RwLock<metapb::Region>>,
+    flags: Arc<ReplicaFlags>,
     /// When a leader last replicated to this replica (or it was started).
     /// (Milliseconds since `started`: every append updates it, so no lock.)
     last_heard_ms: std::sync::atomic::AtomicU64,
@@ -47,6 +49,16 @@ pub fn epoch_not_match(current: Vec<metapb::Region>) -> EngineError {
         epoch_not_match: Some(errorpb::EpochNotMatch {
             current_regions: current,
         }),
+        ..Default::default()
+    }))
+}
+
+/// A proposal's log entry was discarded (another leader's log replaced it
+/// here): the client asks placement again and retries.
+pub fn stale_command(region_id: u64) -> EngineError {
+    EngineError::Region(Box::new(errorpb::Error {
+        message: format!("region {region_id}: the proposal was superseded by a new leader"),
+        stale_command: Some(errorpb::StaleCommand {}),
         ..Default::default()
     }))
 }
@@ -88,30 +100,48 @@ impl Peer {
             ctx.clone(),
             shared.clone(),
             flags.clone(),
-        );
+        )
+        .map_err(|e| format!("region {region_id}: cannot load the replica's state: {e}"))?;
         let raft = Raft::new(peer_id, ctx.raft_config.clone(), network, log_store, sm)
             .await
             .map_err(|e| e.to_string())?;
         flags
             .opened
             .store(true, std::sync::atomic::Ordering::Release);
-        // Keep the state machine's view of leadership current, and tell
-        // placement promptly about a Region this replica now leads.
+        // Keep the state machine's view of leadership current, tell
+        // placement promptly about a Region this replica now leads, and
+        // sync max_ts for each term it leads.
         let mut metrics = raft.metrics();
         let store = Arc::downgrade(ctx);
+        let watched = flags.clone();
         tokio::spawn(async move {
+            let mut led_term = None;
             loop {
-                let leads = {
+                let (leads, term) = {
                     let m = metrics.borrow_watched();
-                    m.state == ServerState::Leader && m.current_leader == Some(peer_id)
+                    (
+                        m.state == ServerState::Leader && m.current_leader == Some(peer_id),
+                        m.current_term,
+                    )
                 };
-                let was = flags
+                watched
                     .leading
-                    .swap(leads, std::sync::atomic::Ordering::Relaxed);
-                if leads && !was {
+                    .store(leads, std::sync::atomic::Ordering::Relaxed);
+                if leads && led_term != Some(term) {
+                    led_term = Some(term);
                     if let Some(store) = store.upgrade() {
                         store.changed_regions.mark(region_id);
+                        tokio::spawn(sync_max_ts(
+                            store,
+                            metrics.clone(),
+                            watched.clone(),
+                            region_id,
+                            peer_id,
+                            term,
+                        ));
                     }
+                } else if !leads {
+                    led_term = None;
                 }
                 if metrics.changed().await.is_err() {
                     return;
@@ -123,6 +153,7 @@ impl Peer {
             peer_id,
             raft,
             region: shared,
+            flags,
             last_heard_ms: Default::default(),
             started: std::time::Instant::now(),
         })
@@ -223,24 +254,42 @@ impl Peer {
         self.check_version(version)
     }
 
-    /// Proposes a command and waits until it is applied here. A leader that
-    /// cannot commit (cut off from its quorum) gives up after
-    /// [`PROPOSE_TIMEOUT`]; the client re-routes and retries.
+    /// Proposes a command and waits until its fate is known here: applied,
+    /// refused before it entered the log, or its entry discarded. There is
+    /// no timeout on purpose: an entry still in the log may yet commit, so
+    /// the caller must not act as if it failed (a client that gives up sees
+    /// a timeout, an undetermined outcome); the caller's latches stay held
+    /// until then, so no other command decides on a state it is about to
+    /// change.
     pub async fn propose(&self, command: RegionCommand) -> Result<CommandResult, EngineError> {
-        let written = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(command)).await;
-        let Ok(written) = written else {
-            return Err(not_leader(self.region_id, None));
-        };
-        match written {
-            Ok(response) => Ok(response.data),
+        match self.raft.client_write(command).await {
+            Ok(response) => {
+                tracing::debug!(region_id = self.region_id, log_id = %response.log_id, "proposal applied");
+                Ok(response.data)
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(not_leader(self.region_id, leader_of(&f)))
             }
-            // Shutting down or being destroyed: the client asks placement
-            // where the Region is now.
-            Err(e) => {
-                tracing::debug!(region_id = self.region_id, "proposal failed: {e}");
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(stale_command(self.region_id))
+            }
+            Err(RaftError::APIError(e)) => Err(EngineError::Task(format!(
+                "region {}: proposal refused: {e}",
+                self.region_id
+            ))),
+            // Stopped (destroyed, or the store shuts down): the client asks
+            // placement where the Region is now.
+            Err(RaftError::Fatal(openraft::errors::Fatal::Stopped)) => {
                 Err(not_leader(self.region_id, None))
+            }
+            // The replica's storage failed: say so, it is not a routing
+            // problem.
+            Err(RaftError::Fatal(e)) => {
+                tracing::error!(region_id = self.region_id, "raft stopped: {e}");
+                Err(EngineError::Task(format!(
+                    "region {}: raft failed: {e}",
+                    self.region_id
+                )))
             }
         }
     }
@@ -266,6 +315,43 @@ impl Peer {
             CommandResult::Applied => Ok(()),
             CommandResult::EpochChanged { current } => {
                 Err(epoch_not_match(decode_regions(&current)))
+            }
+            CommandResult::KeyNotInRegion { key, region } => {
+                let region = decode_regions(&[region]).pop().unwrap_or_default();
+                Err(EngineError::Region(Box::new(
+                    crate::region::key_not_in_region(&region, &key),
+                )))
+            }
+        }
+    }
+
+    /// Whether this replica leads its Region and synced `max_ts` in its
+    /// current term.
+    pub fn max_ts_synced(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.peer_id)
+            && self
+                .flags
+                .synced_term
+                .load(std::sync::atomic::Ordering::Acquire)
+                == m.current_term
+    }
+
+    /// Waits up to [`MAX_TS_SYNC_WAIT`] for [`Peer::max_ts_synced`].
+    pub async fn wait_max_ts_synced(&self) -> Result<(), EngineError> {
+        let deadline = tokio::time::Instant::now() + MAX_TS_SYNC_WAIT;
+        loop {
+            let synced = self.flags.max_ts_changed.notified();
+            if self.max_ts_synced() {
+                return Ok(());
+            }
+            if !self.is_leader() {
+                return Err(not_leader(self.region_id, self.leader()));
+            }
+            if tokio::time::timeout_at(deadline, synced).await.is_err() {
+                return Err(crate::region::max_ts_not_synced(self.region_id));
             }
         }
     }
@@ -348,6 +434,49 @@ impl Peer {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(region_id = self.region_id, "raft shutdown: {e}");
+        }
+    }
+}
+
+/// Raises the store's `max_ts` above every timestamp the TSO handed out
+/// before this replica became leader in `term` (its predecessor may have
+/// served reads up to any of them), then marks the term synced. Retries
+/// while the replica still leads in `term`.
+async fn sync_max_ts(
+    store: Arc<StoreContext>,
+    metrics: openraft::alias::WatchReceiverOf<
+        super::types::RegionTypes,
+        openraft::RaftMetrics<super::types::RegionTypes>,
+    >,
+    flags: Arc<ReplicaFlags>,
+    region_id: u64,
+    peer_id: PeerId,
+    term: u64,
+) {
+    let mut delay = std::time::Duration::from_millis(50);
+    loop {
+        let still_leading = {
+            let m = metrics.borrow_watched();
+            m.state == ServerState::Leader
+                && m.current_leader == Some(peer_id)
+                && m.current_term == term
+        };
+        if !still_leading {
+            return;
+        }
+        match store.max_ts.sync().await {
+            Ok(()) => {
+                flags
+                    .synced_term
+                    .store(term, std::sync::atomic::Ordering::Release);
+                flags.max_ts_changed.notify_waiters();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(region_id, term, "cannot sync max_ts yet: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! `RaftKv`: the [`Engine`] whose writes are proposed to the Region's Raft
 //! group (and return once applied here) and whose reads wait for a
-//! linearizable read barrier on the Region's leader.
+//! linearizable read barrier on the Region's leader. Snapshots see only the
+//! Region's own keys ([`RegionSnapshot`]); writes may touch only them
+//! (range deletes are narrowed to the Region, other keys refused).
 //!
 //! Region id 0 addresses the store itself: store-wide maintenance
 //! (`UnsafeDestroyRange`) applies to the local engine directly, as in TiKV.
@@ -8,10 +10,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use shale_proto::errorpb;
+use shale_proto::{errorpb, metapb};
 
+use super::peer::epoch_not_match;
+use super::ranges::clamp_to_region;
+use super::region_snapshot::RegionSnapshot;
 use super::router::Router;
-use crate::engine::{Engine, EngineContext, EngineError, EngineResult, Modify, RocksSnapshot};
+use crate::engine::{Engine, EngineContext, EngineError, EngineResult, Modify};
+use crate::region::key_not_in_region;
 
 #[derive(Clone)]
 pub struct RaftKv {
@@ -33,24 +39,33 @@ fn region_not_found(region_id: u64) -> EngineError {
 }
 
 impl Engine for RaftKv {
-    type Snap = RocksSnapshot;
+    type Snap = RegionSnapshot;
 
     fn async_snapshot(
         &self,
         ctx: &EngineContext,
-    ) -> impl Future<Output = EngineResult<RocksSnapshot>> + Send {
+    ) -> impl Future<Output = EngineResult<RegionSnapshot>> + Send {
         let router = self.router.clone();
         let (region_id, version) = (ctx.region_id, ctx.version);
         async move {
             let engine = &router.context().engine;
             if region_id == 0 {
-                return Ok(engine.snapshot());
+                let whole_store = metapb::Region::default();
+                return Ok(RegionSnapshot::new(engine.snapshot(), whole_store, true));
             }
             let peer = router
                 .peer(region_id)
                 .ok_or_else(|| region_not_found(region_id))?;
             peer.read_barrier(version).await?;
-            Ok(engine.snapshot())
+            let snap = engine.snapshot();
+            // Taken after the snapshot: if a split moved the version since,
+            // its new Regions may already write here, and this range would
+            // show their data under the old epoch.
+            let region = peer.region();
+            if region.region_epoch.unwrap_or_default().version != version {
+                return Err(epoch_not_match(vec![region]));
+            }
+            Ok(RegionSnapshot::new(snap, region, peer.max_ts_synced()))
         }
     }
 
@@ -68,7 +83,35 @@ impl Engine for RaftKv {
             let peer = router
                 .peer(region_id)
                 .ok_or_else(|| region_not_found(region_id))?;
+            let region = peer.region();
+            if region.region_epoch.unwrap_or_default().version != version {
+                return Err(epoch_not_match(vec![region]));
+            }
+            // The apply refuses keys outside the Region too (at the epoch
+            // the entry meets there); refusing here saves the round.
+            let batch = clamp_to_region(&region, batch)
+                .map_err(|key| EngineError::Region(Box::new(key_not_in_region(&region, &key))))?;
+            if batch.is_empty() {
+                return Ok(());
+            }
             peer.write(version, batch).await
+        }
+    }
+
+    fn wait_max_ts_synced(
+        &self,
+        ctx: &EngineContext,
+    ) -> impl Future<Output = EngineResult<()>> + Send {
+        let router = self.router.clone();
+        let region_id = ctx.region_id;
+        async move {
+            if region_id == 0 {
+                return Ok(());
+            }
+            let peer = router
+                .peer(region_id)
+                .ok_or_else(|| region_not_found(region_id))?;
+            peer.wait_max_ts_synced().await
         }
     }
 }

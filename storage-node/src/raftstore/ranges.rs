@@ -3,7 +3,57 @@
 use shale_proto::metapb;
 
 use crate::engine::{CfName, Modify};
-use crate::region::RegionRegistry;
+use crate::region::{contains, contains_range, RegionRegistry};
+
+/// The first key of `modifies` outside `region` (TiKV's
+/// `check_key_in_region`): a range delete must lie within it too, an open
+/// end only in the last Region.
+pub fn first_outside<'a>(region: &metapb::Region, modifies: &'a [Modify]) -> Option<&'a [u8]> {
+    modifies.iter().find_map(|m| match m {
+        Modify::Put(_, k, _) | Modify::Delete(_, k) => {
+            (!contains(region, k)).then_some(k.as_slice())
+        }
+        Modify::DeleteRange(_, s, e) => (!contains_range(region, s, e)).then_some(
+            if s.as_slice() < region.start_key.as_slice() {
+                s.as_slice()
+            } else {
+                e.as_slice()
+            },
+        ),
+    })
+}
+
+/// `modifies` as a write through `region` may carry them: range deletes
+/// narrowed to the Region (dropped when they miss it). A point change
+/// outside the Region is refused: its key belongs to another Region.
+pub fn clamp_to_region(
+    region: &metapb::Region,
+    modifies: Vec<Modify>,
+) -> Result<Vec<Modify>, Vec<u8>> {
+    let mut out = Vec::with_capacity(modifies.len());
+    for m in modifies {
+        match m {
+            Modify::Put(_, ref k, _) | Modify::Delete(_, ref k) => {
+                if !contains(region, k) {
+                    return Err(k.clone());
+                }
+                out.push(m);
+            }
+            Modify::DeleteRange(cf, s, e) => {
+                let start = s.max(region.start_key.clone());
+                let end = match (e.is_empty(), region.end_key.is_empty()) {
+                    (true, _) => region.end_key.clone(),
+                    (false, true) => e,
+                    (false, false) => e.min(region.end_key.clone()),
+                };
+                if end.is_empty() || start < end {
+                    out.push(Modify::DeleteRange(cf, start, end));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// The parts of `region`'s range that no other Region here owns (`extra`
 /// counts as owned too): what a replica may delete when it goes away or
@@ -100,6 +150,56 @@ mod tests {
         assert!(overlaps(&r("b", ""), &r("", "c")));
         assert!(!overlaps(&r("a", "b"), &r("b", "c")));
         assert!(!overlaps(&r("c", ""), &r("", "c")));
+    }
+
+    fn put(k: &str) -> Modify {
+        Modify::Put(CfName::Default, k.as_bytes().to_vec(), vec![])
+    }
+
+    fn del_range(s: &str, e: &str) -> Modify {
+        Modify::DeleteRange(CfName::Lock, s.as_bytes().to_vec(), e.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn every_key_of_a_write_must_lie_in_the_region() {
+        let region = r("c", "m");
+        assert_eq!(first_outside(&region, &[put("c"), put("l")]), None);
+        assert_eq!(
+            first_outside(&region, &[put("c"), put("m")]),
+            Some(&b"m"[..])
+        );
+        assert_eq!(first_outside(&region, &[del_range("c", "m")]), None);
+        assert_eq!(
+            first_outside(&region, &[del_range("c", "")]),
+            Some(&b""[..])
+        );
+        assert_eq!(
+            first_outside(&region, &[del_range("b", "d")]),
+            Some(&b"b"[..])
+        );
+        assert_eq!(first_outside(&r("c", ""), &[del_range("x", "")]), None);
+    }
+
+    #[test]
+    fn range_deletes_are_narrowed_to_the_region() {
+        let region = r("c", "m");
+        assert_eq!(
+            clamp_to_region(&region, vec![del_range("a", ""), del_range("d", "e")]),
+            Ok(vec![del_range("c", "m"), del_range("d", "e")])
+        );
+        assert_eq!(
+            clamp_to_region(&region, vec![del_range("n", "")]),
+            Ok(vec![])
+        );
+        assert_eq!(
+            clamp_to_region(&region, vec![del_range("a", "b")]),
+            Ok(vec![])
+        );
+        assert_eq!(
+            clamp_to_region(&r("c", ""), vec![del_range("a", "")]),
+            Ok(vec![del_range("c", "")])
+        );
+        assert_eq!(clamp_to_region(&region, vec![put("z")]), Err(b"z".to_vec()));
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub enum SplitFailed {
     Propose(String),
 }
 
+/// How long a split waits for its Raft entry to apply.
+const SPLIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn inside(region: &metapb::Region, key: &[u8]) -> bool {
     key > region.start_key.as_slice()
         && (region.end_key.is_empty() || key < region.end_key.as_slice())
@@ -86,10 +89,18 @@ pub async fn split_region<P: PdClient>(
         keys,
         targets,
     };
-    let current = match peer.propose(command).await {
-        Ok(CommandResult::EpochChanged { current }) => current,
-        Ok(_) => return Err(SplitFailed::EpochChanged { region_id }),
-        Err(e) => return Err(SplitFailed::Propose(e.to_string())),
+    // A split holds no latches, and one that applies late is checked
+    // against the epoch like any other: waiting for it can be bounded.
+    let proposed = tokio::time::timeout(SPLIT_TIMEOUT, peer.propose(command)).await;
+    let current = match proposed {
+        Ok(Ok(CommandResult::EpochChanged { current })) => current,
+        Ok(Ok(_)) => return Err(SplitFailed::EpochChanged { region_id }),
+        Ok(Err(e)) => return Err(SplitFailed::Propose(e.to_string())),
+        Err(_) => {
+            return Err(SplitFailed::Propose(format!(
+                "not applied within {SPLIT_TIMEOUT:?}"
+            )))
+        }
     };
     let regions: Vec<metapb::Region> = current
         .iter()

@@ -3,7 +3,7 @@
 //! and (when it changed) the Region's metadata in one engine batch.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
@@ -53,6 +53,11 @@ pub struct ReplicaFlags {
     /// the current snapshot only for its metadata: building the data would
     /// copy the whole Region into memory, twice per replica at every start.
     pub opened: AtomicBool,
+    /// The leader term in which this replica synced the store's `max_ts`
+    /// from the TSO (0: none yet; terms of a leader start at 1).
+    pub synced_term: AtomicU64,
+    /// Notified when `synced_term` changes.
+    pub max_ts_changed: tokio::sync::Notify,
 }
 
 pub struct RegionStateMachine {
@@ -115,13 +120,15 @@ impl RegionStateMachine {
         self.flags.leading.load(Ordering::Relaxed)
     }
 
+    /// The state machine of replica `peer_id`; fails if its stored
+    /// membership cannot be read (the replica must not start on a guess).
     pub fn new(
         region_id: u64,
         peer_id: u64,
         ctx: Arc<StoreContext>,
         region: Arc<RwLock<metapb::Region>>,
         flags: Arc<ReplicaFlags>,
-    ) -> Self {
+    ) -> io::Result<Self> {
         let mut sm = RegionStateMachine {
             region_id,
             ctx,
@@ -131,11 +138,9 @@ impl RegionStateMachine {
             was_member: false,
         };
         sm.was_member = sm
-            .read_meta::<StoredMembership>(&keys::membership_key(region_id))
-            .ok()
-            .flatten()
+            .read_meta::<StoredMembership>(&keys::membership_key(region_id))?
             .is_some_and(|m| sm.includes_self(&m));
-        sm
+        Ok(sm)
     }
 
     fn includes_self(&self, membership: &StoredMembership) -> bool {
@@ -262,8 +267,27 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
                 EntryPayload::Blank => CommandResult::Applied,
                 EntryPayload::Normal(RegionCommand::Write { epoch, modifies }) => {
                     if epoch.version != epoch_of(&region).version {
+                        tracing::info!(
+                            region_id = self.region_id,
+                            index = log_id.index,
+                            proposed = epoch.version,
+                            current = epoch_of(&region).version,
+                            "write refused: the region's version moved since it was proposed"
+                        );
                         CommandResult::EpochChanged {
                             current: vec![region.encode_to_vec()],
+                        }
+                    } else if let Some(key) = ranges::first_outside(&region, modifies) {
+                        // Deterministic on every replica (the same Region
+                        // at the same log position): none applies it.
+                        tracing::warn!(
+                            region_id = self.region_id,
+                            key = %key.escape_ascii(),
+                            "refusing a write with a key outside the region"
+                        );
+                        CommandResult::KeyNotInRegion {
+                            key: key.to_vec(),
+                            region: region.encode_to_vec(),
                         }
                     } else {
                         batch.data.extend(modifies.iter().cloned());
@@ -491,6 +515,7 @@ mod tests {
             Arc::new(RwLock::new(seen)),
             Arc::default(),
         )
+        .unwrap()
     }
 
     fn snapshot_of(region: &metapb::Region, key: &[u8]) -> (SnapshotMeta, Vec<u8>) {

@@ -70,6 +70,13 @@ pub enum CommandResult {
     EpochChanged {
         current: Vec<Vec<u8>>,
     },
+    /// A key of the command lies outside the Region at this epoch: the
+    /// whole command was refused.
+    KeyNotInRegion {
+        key: Vec<u8>,
+        /// The Region as it is, `metapb::Region` encoded.
+        region: Vec<u8>,
+    },
 }
 
 openraft::declare_raft_types!(

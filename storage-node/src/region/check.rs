@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use shale_proto::kvrpcpb::{self, ApiVersion};
 use shale_proto::{errorpb, metapb};
 
+use super::{contains as in_region, key_not_in_region};
 use crate::keys;
 
 /// How a request's keys map into Region space.
@@ -82,24 +83,6 @@ fn region_space_key(mode: KeyMode, api: ApiVersion, key: &[u8]) -> Vec<u8> {
     match mode {
         KeyMode::Txn => keys::txn_region_key(key),
         KeyMode::Raw => keys::raw_data_key(api, key).into_owned(),
-    }
-}
-
-fn in_region(region: &metapb::Region, key: &[u8]) -> bool {
-    key >= region.start_key.as_slice()
-        && (region.end_key.is_empty() || key < region.end_key.as_slice())
-}
-
-fn key_not_in_region(region: &metapb::Region, key: &[u8]) -> errorpb::Error {
-    errorpb::Error {
-        message: format!("key is not in region {}", region.id),
-        key_not_in_region: Some(errorpb::KeyNotInRegion {
-            key: key.to_vec(),
-            region_id: region.id,
-            start_key: region.start_key.clone(),
-            end_key: region.end_key.clone(),
-        }),
-        ..Default::default()
     }
 }
 

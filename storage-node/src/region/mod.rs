@@ -19,12 +19,55 @@ use shale_proto::{errorpb, metapb};
 
 use crate::engine::{EngineError, MetaWrite, RocksEngine};
 
-const REGION_META_PREFIX: &[u8] = b"\x01region\x00";
+/// Where Region metadata lives in the `raft` column family.
+pub const REGION_META_PREFIX: &[u8] = b"\x01region\x00";
 
 pub fn region_meta_key(region_id: u64) -> Vec<u8> {
     let mut k = REGION_META_PREFIX.to_vec();
     k.extend_from_slice(&region_id.to_be_bytes());
     k
+}
+
+/// Whether `key` (Region space) lies in `region`'s range (empty end key:
+/// unbounded).
+pub fn contains(region: &metapb::Region, key: &[u8]) -> bool {
+    key >= region.start_key.as_slice()
+        && (region.end_key.is_empty() || key < region.end_key.as_slice())
+}
+
+/// Whether `[start, end)` (empty `end`: unbounded) lies within `region`.
+pub fn contains_range(region: &metapb::Region, start: &[u8], end: &[u8]) -> bool {
+    let end_inside = if region.end_key.is_empty() {
+        true
+    } else {
+        !end.is_empty() && end <= region.end_key.as_slice()
+    };
+    start >= region.start_key.as_slice() && end_inside
+}
+
+/// The Region error for a key outside `region`, as TiKV reports it.
+pub fn key_not_in_region(region: &metapb::Region, key: &[u8]) -> errorpb::Error {
+    errorpb::Error {
+        message: format!("key is not in region {}", region.id),
+        key_not_in_region: Some(errorpb::KeyNotInRegion {
+            key: key.to_vec(),
+            region_id: region.id,
+            start_key: region.start_key.clone(),
+            end_key: region.end_key.clone(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Region whose new leader has not synced `max_ts` from the TSO yet:
+/// async-commit and 1PC prewrites must wait (TiKV's
+/// `MaxTimestampNotSynced`).
+pub fn max_ts_not_synced(region_id: u64) -> EngineError {
+    EngineError::Region(Box::new(errorpb::Error {
+        message: format!("region {region_id}: the new leader has not synced max_ts yet"),
+        max_timestamp_not_synced: Some(errorpb::MaxTimestampNotSynced {}),
+        ..Default::default()
+    }))
 }
 
 #[derive(Debug, thiserror::Error)]

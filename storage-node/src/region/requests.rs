@@ -108,11 +108,27 @@ scoped!(kvrpcpb::CleanupRequest, Txn, |r| one(&r.key));
 scoped!(kvrpcpb::CheckTxnStatusRequest, Txn, |r| one(&r.primary_key));
 scoped!(kvrpcpb::CheckSecondaryLocksRequest, Txn, |r| many(&r.keys));
 scoped!(kvrpcpb::TxnHeartBeatRequest, Txn, |r| one(&r.primary_lock));
-scoped!(kvrpcpb::ScanLockRequest, Txn, |r| scan(
-    &r.start_key,
-    &r.end_key,
-    false
-));
+/// ScanLock, like a scan, must start inside the Region and may end past
+/// it: clients send a range's end to each Region it covers (TiKV bounds the
+/// scan by the Region's snapshot instead of refusing it).
+impl RegionRequest for kvrpcpb::ScanLockRequest {
+    fn context(&self) -> Option<&kvrpcpb::Context> {
+        self.context.as_ref()
+    }
+    fn key_mode(&self) -> KeyMode {
+        Txn
+    }
+    fn scope(&self) -> ScopeKeys<'_> {
+        ScopeKeys::Ranges(vec![(&self.start_key, &[])])
+    }
+    fn clamp_to_region(&mut self, region: &shale_proto::metapb::Region) {
+        let api = self
+            .context
+            .as_ref()
+            .map_or(kvrpcpb::ApiVersion::V1, |c| c.api_version());
+        super::check::clamp_scan(Txn, api, region, false, &mut self.end_key);
+    }
+}
 scoped!(kvrpcpb::ResolveLockRequest, Txn, |r| many(&r.keys));
 scoped!(kvrpcpb::PessimisticLockRequest, Txn, |r| ScopeKeys::Keys(
     r.mutations.iter().map(|m| m.key.as_slice()).collect()
@@ -124,6 +140,7 @@ scoped!(kvrpcpb::DeleteRangeRequest, Txn, |r| scan(
     false
 ));
 scoped!(kvrpcpb::GcRequest, Txn, |_r| ScopeKeys::None);
+scoped!(kvrpcpb::MvccGetByKeyRequest, Txn, |r| one(&r.key));
 
 /// SplitRegion names its split keys: raw keys as given, transactional keys
 /// in client form (encoded by the check).

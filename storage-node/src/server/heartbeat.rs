@@ -42,9 +42,7 @@ impl<P: PdClient> Heartbeats<P> {
                 ids = changed.take() => Some(ids),
                 _ = shutdown.changed() => return,
             };
-            if let Err(e) = self.report_regions(which.as_ref()).await {
-                tracing::warn!("region heartbeat failed: {e}");
-            }
+            self.report_regions(which.as_ref()).await;
         }
     }
 
@@ -69,10 +67,9 @@ impl<P: PdClient> Heartbeats<P> {
         self.pd.store_heartbeat(stats).await.map(|_| ())
     }
 
-    async fn report_regions(
-        &self,
-        only: Option<&std::collections::BTreeSet<u64>>,
-    ) -> Result<(), crate::pd_client::PdError> {
+    /// Heartbeats the Regions led here (`only` those, if given); one that
+    /// fails does not stop the others.
+    async fn report_regions(&self, only: Option<&std::collections::BTreeSet<u64>>) {
         for peer in self.router.peers() {
             if !peer.is_leader() || only.is_some_and(|ids| !ids.contains(&peer.region_id)) {
                 continue;
@@ -85,9 +82,10 @@ impl<P: PdClient> Heartbeats<P> {
                 term: peer.term(),
                 ..Default::default()
             };
-            self.pd.region_heartbeat(req).await?;
+            if let Err(e) = self.pd.region_heartbeat(req).await {
+                tracing::warn!(region_id = peer.region_id, "region heartbeat failed: {e}");
+            }
         }
-        Ok(())
     }
 }
 

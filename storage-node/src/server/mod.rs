@@ -5,6 +5,7 @@ mod bootstrap;
 mod gc_worker;
 mod heartbeat;
 mod keyspace_split;
+mod max_ts;
 pub mod metrics;
 mod service;
 mod status;
@@ -31,7 +32,7 @@ use crate::raftstore::split::{run_split_checker, SplitConfig};
 use crate::raftstore::transport::{Transport, TransportConfig};
 use crate::raftstore::{CachedResolver, RaftKv, Router, RouterDispatch, StoreContext};
 use crate::region::{RegionError, RegionRegistry};
-use crate::storage::{Storage, StorageConfig};
+use crate::storage::{ConcurrencyManager, Storage, StorageConfig};
 
 /// Largest gRPC message accepted (batch requests can be large).
 const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
@@ -173,6 +174,17 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         })
     }));
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    // One concurrency manager for the store, synced from the TSO now (the
+    // store may have been down while others served reads) and by every
+    // Region's new leader.
+    let cm = ConcurrencyManager::new();
+    let max_ts = Arc::new(max_ts::TsoMaxTs {
+        pd: pd.clone(),
+        cm: cm.clone(),
+    });
+    if let Err(e) = max_ts.sync_now().await {
+        tracing::warn!("cannot sync max_ts at start (each new leader will): {e}");
+    }
     let ctx = Arc::new(StoreContext {
         store_id: ident.store_id,
         engine: rocks.clone(),
@@ -183,6 +195,7 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         raft_config: raft_config(&config)?,
         changed_regions: Default::default(),
         range_changes: Default::default(),
+        max_ts: Arc::new(max_ts.clone()),
     });
     let router = Router::start(ctx).await.map_err(NodeError::Raft)?;
     transport.set_dispatcher(Arc::new(RouterDispatch(Arc::downgrade(&router))));
@@ -204,15 +217,17 @@ pub async fn start(config: Config) -> Result<StorageNode, NodeError> {
         )
         .await?;
     }
-    let storage = Storage::new(
+    let storage = Storage::with_concurrency_manager(
         RaftKv::new(router.clone()),
         StorageConfig {
             max_value_size: config.max_value_size,
             ..StorageConfig::default()
         },
+        cm,
     );
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(max_ts.run(shutdown_rx.clone())));
 
     let splitter = Arc::new(crate::raftstore::split::RouterSplitter {
         router: router.clone(),

@@ -166,6 +166,7 @@ macro_rules! tikv_impl {
                         Err(status) => Err(status),
                         Ok(()) => match self.regions.check(&req) {
                         Err(region_error) => {
+                            tracing::debug!(method = stringify!($method), error = %region_error.message, "request refused by the region check");
                             metrics::REGION_ERRORS.with_label_values(&[stringify!($method)]).inc();
                             Ok(<$resp>::default_with_region_error(*region_error))
                         }
@@ -177,6 +178,7 @@ macro_rules! tikv_impl {
                             // Raft said no (not leader, epoch moved, ...): the
                             // client re-routes, guided by the Region error.
                             Err(StorageError::Engine(EngineError::Region(region_error))) => {
+                                tracing::debug!(method = stringify!($method), error = %region_error.message, "request refused by raft");
                                 metrics::REGION_ERRORS.with_label_values(&[stringify!($method)]).inc();
                                 Ok(<$resp>::default_with_region_error(*region_error))
                             }
@@ -264,6 +266,7 @@ with_region_error!(
     kvrpcpb::RawBatchScanResponse,
     kvrpcpb::RawGetKeyTtlResponse,
     kvrpcpb::RawCasResponse,
+    kvrpcpb::MvccGetByKeyResponse,
 );
 
 tikv_impl! {
@@ -294,4 +297,5 @@ tikv_impl! {
     raw_batch_scan(kvrpcpb::RawBatchScanRequest) -> kvrpcpb::RawBatchScanResponse;
     raw_get_key_ttl(kvrpcpb::RawGetKeyTtlRequest) -> kvrpcpb::RawGetKeyTtlResponse;
     raw_compare_and_swap(kvrpcpb::RawCasRequest) -> kvrpcpb::RawCasResponse;
+    mvcc_get_by_key(kvrpcpb::MvccGetByKeyRequest) -> kvrpcpb::MvccGetByKeyResponse;
 }

@@ -10,19 +10,60 @@
 //! commits above it) or the reader sees the lock (in memory, or on disk once
 //! written: the memory lock is only dropped after the write is durable).
 
+//!
+//! `max_ts` itself must be right on a Region's new leader: its predecessor
+//! served reads this store never saw, so the leader raises `max_ts` to a
+//! fresh TSO timestamp ([`ConcurrencyManager::sync_to_tso`]) before it lets
+//! such prewrites through. The same TSO reading caps timestamps: one more
+//! than [`MAX_TS_DRIFT_MS`] ahead of the TSO is refused, or a single bad
+//! request could push `max_ts` (and every later commit) into the far future.
+
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
 use super::errors::KeyErr;
-use super::mvcc::{check_lock_conflict, Lock, ReadOptions};
+use super::mvcc::{check_lock_conflict, physical_ms, Lock, ReadOptions};
+
+/// How far ahead of the TSO (in milliseconds of physical time) a timestamp
+/// may be (TiKV's `storage.max-ts.max-drift`, 60 s).
+pub const MAX_TS_DRIFT_MS: u64 = 60_000;
 
 #[derive(Default)]
 struct State {
     max_ts: u64,
     locks: BTreeMap<Vec<u8>, Lock>,
+    /// The newest TSO timestamp seen (its physical milliseconds) and when.
+    tso: Option<(u64, Instant)>,
+}
+
+impl State {
+    /// Refuses a timestamp too far ahead of the TSO (as extrapolated from
+    /// the last reading by this machine's monotonic clock).
+    fn check(&self, ts: u64) -> Result<(), KeyErr> {
+        let Some((physical, at)) = self.tso else {
+            return Ok(());
+        };
+        if ts == u64::MAX {
+            return Ok(());
+        }
+        let limit_ms = physical
+            .saturating_add(at.elapsed().as_millis() as u64)
+            .saturating_add(MAX_TS_DRIFT_MS);
+        if physical_ms(ts) > limit_ms {
+            return Err(KeyErr::TimestampTooFarAhead { ts, limit_ms });
+        }
+        Ok(())
+    }
+
+    fn raise(&mut self, ts: u64) {
+        if ts != u64::MAX {
+            self.max_ts = self.max_ts.max(ts);
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -56,17 +97,29 @@ impl ConcurrencyManager {
     }
 
     /// Raises `max_ts` to `ts`. `u64::MAX` (a "read latest" request) is
-    /// ignored, or no async-commit transaction could ever commit again.
-    pub fn update_max_ts(&self, ts: u64) {
-        if ts != u64::MAX {
-            let mut state = self.state.lock();
-            state.max_ts = state.max_ts.max(ts);
-        }
+    /// ignored, or no async-commit transaction could ever commit again; a
+    /// timestamp far ahead of the TSO is refused.
+    pub fn update_max_ts(&self, ts: u64) -> Result<(), KeyErr> {
+        let mut state = self.state.lock();
+        state.check(ts)?;
+        state.raise(ts);
+        Ok(())
     }
 
-    fn update(state: &mut State, opts: &ReadOptions) {
-        if opts.ts != u64::MAX {
-            state.max_ts = state.max_ts.max(opts.ts);
+    /// Refuses `ts` if it is far ahead of the TSO, without raising `max_ts`.
+    pub fn check_timestamp(&self, ts: u64) -> Result<(), KeyErr> {
+        self.state.lock().check(ts)
+    }
+
+    /// Takes a timestamp just fetched from the TSO: `max_ts` rises to it
+    /// (every read served anywhere so far used an older one), and it is the
+    /// reference of the cap on timestamps from now on.
+    pub fn sync_to_tso(&self, ts: u64) {
+        let mut state = self.state.lock();
+        state.raise(ts);
+        let physical = physical_ms(ts);
+        if state.tso.is_none_or(|(p, _)| physical >= p) {
+            state.tso = Some((physical, Instant::now()));
         }
     }
 
@@ -76,7 +129,8 @@ impl ConcurrencyManager {
             return Ok(());
         }
         let mut state = self.state.lock();
-        Self::update(&mut state, opts);
+        state.check(opts.ts)?;
+        state.raise(opts.ts);
         if let Some(lock) = state.locks.get(key) {
             check_lock_conflict(lock, key, opts)?;
         }
@@ -94,7 +148,8 @@ impl ConcurrencyManager {
             return Ok(());
         }
         let mut state = self.state.lock();
-        Self::update(&mut state, opts);
+        state.check(opts.ts)?;
+        state.raise(opts.ts);
         let upper = if upper.is_empty() {
             Bound::Unbounded
         } else {
@@ -148,11 +203,44 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_far_ahead_of_the_tso_are_refused() {
+        let cm = ConcurrencyManager::new();
+        let far = (1_000_000_000u64) << 18;
+        // Before any TSO reading there is nothing to compare with.
+        assert!(cm.update_max_ts(far).is_ok());
+        let cm = ConcurrencyManager::new();
+        let now = (1_000u64 << 18) | 5;
+        cm.sync_to_tso(now);
+        assert_eq!(cm.max_ts(), now, "a sync raises max_ts to the TSO");
+        let within = (1_000 + MAX_TS_DRIFT_MS - 1) << 18;
+        assert!(cm.update_max_ts(within).is_ok());
+        let beyond = (1_000 + MAX_TS_DRIFT_MS + 5_000) << 18;
+        assert!(matches!(
+            cm.update_max_ts(beyond),
+            Err(KeyErr::TimestampTooFarAhead { .. })
+        ));
+        assert!(cm.read_key_check(b"k", &opts(beyond)).is_err());
+        assert!(cm.read_range_check(b"a", b"z", &opts(beyond)).is_err());
+        assert_eq!(
+            cm.max_ts(),
+            within,
+            "a refused timestamp does not move max_ts"
+        );
+        assert!(
+            cm.update_max_ts(u64::MAX).is_ok(),
+            "read-latest is not a timestamp"
+        );
+        // An older TSO reading never lowers the reference.
+        cm.sync_to_tso(10 << 18);
+        assert!(cm.update_max_ts(within).is_ok());
+    }
+
+    #[test]
     fn readers_bump_max_ts_and_see_memory_locks() {
         let cm = ConcurrencyManager::new();
         assert!(cm.read_key_check(b"k", &opts(50)).is_ok());
         assert_eq!(cm.max_ts(), 50);
-        cm.read_key_check(b"k", &opts(u64::MAX)).ok();
+        assert!(cm.read_key_check(b"k", &opts(u64::MAX)).is_ok());
         assert_eq!(cm.max_ts(), 50, "read-latest must not poison max_ts");
 
         let guard = cm

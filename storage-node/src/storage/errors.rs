@@ -108,6 +108,21 @@ pub enum KeyErr {
         deadlock_key_hash: u64,
     },
     PrimaryMismatch(Box<kvrpcpb::LockInfo>),
+    /// A prewrite's assertion about the key's current value does not hold.
+    AssertionFailed {
+        start_ts: u64,
+        key: Vec<u8>,
+        assertion: kvrpcpb::Assertion,
+        existing_start_ts: u64,
+        existing_commit_ts: u64,
+    },
+    /// A timestamp far ahead of the TSO (a broken or malicious client):
+    /// taking it would push `max_ts`, and every later commit, past it.
+    TimestampTooFarAhead {
+        ts: u64,
+        /// The latest physical time (ms) accepted now.
+        limit_ms: u64,
+    },
 }
 
 struct Hex<'a>(&'a [u8]);
@@ -223,6 +238,24 @@ impl fmt::Display for KeyErr {
                 Hex(&info.key),
                 Hex(&info.primary_lock)
             ),
+            KeyErr::AssertionFailed {
+                start_ts,
+                key,
+                assertion,
+                existing_start_ts,
+                existing_commit_ts,
+            } => write!(
+                f,
+                "AssertionFailed {{ start_ts: {start_ts}, key: {}, assertion: {assertion:?}, \
+                 existing_start_ts: {existing_start_ts}, existing_commit_ts: {existing_commit_ts} }}",
+                Hex(key)
+            ),
+            KeyErr::TimestampTooFarAhead { ts, limit_ms } => write!(
+                f,
+                "InvalidMaxTsUpdate {{ ts: {ts} (physical {} ms) is ahead of the TSO's \
+                 physical time plus the allowed drift ({limit_ms} ms) }}",
+                ts >> super::mvcc::TSO_PHYSICAL_SHIFT
+            ),
         }
     }
 }
@@ -292,11 +325,27 @@ impl KeyErr {
                     lock_info: Some((**info).clone()),
                 })
             }
+            KeyErr::AssertionFailed {
+                start_ts,
+                key,
+                assertion,
+                existing_start_ts,
+                existing_commit_ts,
+            } => {
+                e.assertion_failed = Some(kvrpcpb::AssertionFailed {
+                    start_ts: *start_ts,
+                    key: key.clone(),
+                    assertion: *assertion as i32,
+                    existing_start_ts: *existing_start_ts,
+                    existing_commit_ts: *existing_commit_ts,
+                })
+            }
             KeyErr::Committed { .. }
             | KeyErr::PessimisticLockNotFound { .. }
             | KeyErr::PessimisticLockRolledBack { .. }
             | KeyErr::LockTypeNotMatch { .. }
-            | KeyErr::InvalidTxnTso { .. } => e.abort = self.to_string(),
+            | KeyErr::InvalidTxnTso { .. }
+            | KeyErr::TimestampTooFarAhead { .. } => e.abort = self.to_string(),
         }
         e
     }

@@ -26,9 +26,15 @@
 //! Pessimistic lock requests wait in the [`lock_manager`].
 //!
 //! Region bounds: commands that scan (ScanLock, ResolveLock without keys,
-//! PessimisticRollback without keys, KvGC) visit whatever the engine snapshot
-//! shows; a replicated engine bounds its snapshots to the Region, as TiKV's
-//! RegionSnapshot does.
+//! PessimisticRollback without keys, KvGC, DeleteRange) visit whatever the
+//! engine snapshot shows and write through the engine; the replicated engine
+//! bounds both to the request's Region (`raftstore::RegionSnapshot`, range
+//! deletes narrowed, other keys refused), as TiKV's RegionSnapshot and
+//! `check_key_in_region` do.
+//!
+//! Writes hold their latches until the engine write resolves, on a task of
+//! their own: a client that gives up on a request must not free its keys
+//! while its Raft entry may still be applied.
 //!
 //! Snapshot reads and MVCC logic run inline on the calling task (RocksDB
 //! reads are synchronous); only latches, lock waits and engine writes await.
@@ -40,7 +46,6 @@
 //! - A woken pessimistic-lock waiter re-runs its request (succeeding,
 //!   or failing with the newer write's WriteConflict) instead of always
 //!   returning WriteConflict; deadlock detection is per store.
-//! - Assertions (`Mutation.assertion` in prewrite) are not checked.
 
 pub mod concurrency_manager;
 pub mod errors;
@@ -74,6 +79,33 @@ use mvcc::{MvccReader, MvccTxn, ReadOptions};
 
 /// Largest key accepted from clients (TiKV's limit).
 pub const MAX_KEY_SIZE: usize = 8 * 1024;
+
+/// Most bytes one read response may gather (scans, lock scans, batch
+/// scans): a request for more gets a clear error rather than the node's
+/// memory, and would not fit a gRPC message anyway.
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Counts what a read response has gathered against [`MAX_RESPONSE_BYTES`].
+#[derive(Debug, Default)]
+pub(crate) struct ResponseBudget {
+    used: usize,
+}
+
+impl ResponseBudget {
+    /// Bookkeeping per entry beside its key and value.
+    const PER_ENTRY: usize = 32;
+
+    /// Adds one entry of `bytes`; fails once the response is too large.
+    pub(crate) fn charge(&mut self, bytes: usize) -> Result<(), StorageError> {
+        self.used = self.used.saturating_add(bytes + Self::PER_ENTRY);
+        if self.used > MAX_RESPONSE_BYTES {
+            return Err(invalid(format!(
+                "the response would exceed {MAX_RESPONSE_BYTES} bytes; ask for fewer entries (a smaller limit or range)"
+            )));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -215,13 +247,22 @@ pub(crate) fn read_options(ctx: &kvrpcpb::Context, ts: u64) -> ReadOptions {
 
 impl<E: Engine> Storage<E> {
     pub fn new(engine: E, config: StorageConfig) -> Self {
+        Self::with_concurrency_manager(engine, config, ConcurrencyManager::new())
+    }
+
+    /// A storage sharing `cm` with the store (which syncs its `max_ts`).
+    pub fn with_concurrency_manager(
+        engine: E,
+        config: StorageConfig,
+        cm: ConcurrencyManager,
+    ) -> Self {
         let latches = Latches::new(config.latch_slots);
         Storage {
             inner: Arc::new(Inner {
                 engine,
                 config,
                 latches,
-                cm: ConcurrencyManager::new(),
+                cm,
                 lock_mgr: Arc::new(LockManager::new()),
                 clock_skew_secs: AtomicI64::new(0),
             }),
@@ -284,7 +325,7 @@ impl<E: Engine> Storage<E> {
     where
         F: FnOnce(&MvccReader<'_, E::Snap>, &mut MvccTxn) -> TxnResult<T>,
     {
-        let _latches = self
+        let latches = self
             .inner
             .latches
             .acquire(keys.iter().map(Vec::as_slice))
@@ -298,13 +339,45 @@ impl<E: Engine> Storage<E> {
             Err(e) => return Ok(Err(e)),
         };
         let (modifies, released, guards) = txn.into_parts();
-        if !modifies.is_empty() {
-            self.inner.engine.async_write(ctx, modifies).await?;
-        }
-        drop(guards);
-        if !released.is_empty() {
-            self.inner.lock_mgr.wake_up(&released);
-        }
+        self.write_then_release(ctx, modifies, (guards, latches), released)
+            .await?;
         Ok(Ok(out))
+    }
+
+    /// Writes `modifies`, then lets go of `held` (latches, in-memory locks)
+    /// and wakes the waiters of `released` locks. The write runs on a task
+    /// of its own: a caller that gives up (a client's deadline drops its
+    /// request) must not release the latches while the write may still be
+    /// applied, or the next command on those keys would decide on a state
+    /// that is about to change under it.
+    pub(crate) async fn write_then_release<H: Send + 'static>(
+        &self,
+        ctx: &EngineContext,
+        modifies: Vec<crate::engine::Modify>,
+        held: H,
+        released: Vec<Vec<u8>>,
+    ) -> Result<(), StorageError> {
+        if modifies.is_empty() {
+            drop(held);
+            if !released.is_empty() {
+                self.inner.lock_mgr.wake_up(&released);
+            }
+            return Ok(());
+        }
+        let engine = self.inner.engine.clone();
+        let lock_mgr = self.inner.lock_mgr.clone();
+        let ctx = ctx.clone();
+        let write = tokio::spawn(async move {
+            let result = engine.async_write(&ctx, modifies).await;
+            drop(held);
+            if !released.is_empty() {
+                lock_mgr.wake_up(&released);
+            }
+            result
+        });
+        write
+            .await
+            .map_err(|e| StorageError::Engine(crate::engine::EngineError::Task(e.to_string())))??;
+        Ok(())
     }
 }

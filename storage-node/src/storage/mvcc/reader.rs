@@ -216,6 +216,7 @@ impl<'a, S: Snapshot> MvccReader<'a, S> {
             .snap
             .iter_cf(CfName::Lock, Some(&lower), upper.as_deref())?;
         let mut out = Vec::new();
+        let mut budget = crate::storage::ResponseBudget::default();
         let mut valid = iter.seek_to_first()?;
         while valid {
             let lock = Lock::decode(iter.value())?;
@@ -223,6 +224,7 @@ impl<'a, S: Snapshot> MvccReader<'a, S> {
                 if limit != 0 && out.len() >= limit {
                     return Ok((out, true));
                 }
+                budget.charge(iter.key().len() + iter.value().len())?;
                 out.push((decode_lock_key(iter.key())?, lock));
             }
             valid = iter.next()?;

@@ -41,6 +41,7 @@ pub fn scan<S: Snapshot>(snap: &S, spec: &ScanSpec<'_>) -> Result<Vec<ScanItem>,
         (locks.seek_to_first()?, writes.seek_to_first()?)
     };
     let reader = MvccReader::new(snap);
+    let mut budget = crate::storage::ResponseBudget::default();
 
     while out.len() < spec.limit {
         let lock_key = lock_ok.then(|| locks.key().to_vec());
@@ -102,6 +103,11 @@ pub fn scan<S: Snapshot>(snap: &S, spec: &ScanSpec<'_>) -> Result<Vec<ScanItem>,
         }
 
         if let Some(item) = item {
+            let bytes = match &item {
+                Ok((k, v)) => k.len() + v.len(),
+                Err(_) => cur.len(),
+            };
+            budget.charge(bytes)?;
             out.push(item);
         }
     }

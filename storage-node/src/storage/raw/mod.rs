@@ -23,7 +23,9 @@ use crate::codec::{decode_bytes, encode_bytes};
 use crate::engine::{CfName, Engine, EngineContext, EngineIterator, Modify, Snapshot};
 use crate::keys::{raw_data_key, RAW_MODE_PREFIX};
 use crate::storage::errors::{invalid, StorageError};
-use crate::storage::{api_version, check_bound, check_key, engine_context, Storage};
+use crate::storage::{
+    api_version, check_bound, check_key, engine_context, ResponseBudget, Storage,
+};
 
 /// The column family a raw request names: only the default one is served.
 fn check_cf(cf: &str) -> Result<(), StorageError> {
@@ -121,13 +123,13 @@ impl<E: Engine> Storage<E> {
         stored_keys: &[Vec<u8>],
         modifies: Vec<Modify>,
     ) -> Result<(), StorageError> {
-        let _latches = self
+        let latches = self
             .inner
             .latches
             .acquire(stored_keys.iter().map(Vec::as_slice))
             .await;
-        self.inner.engine.async_write(ctx, modifies).await?;
-        Ok(())
+        self.write_then_release(ctx, modifies, latches, Vec::new())
+            .await
     }
 
     fn raw_scan_snapshot<S: Snapshot>(
@@ -135,6 +137,7 @@ impl<E: Engine> Storage<E> {
         snap: &S,
         api: ApiVersion,
         a: &ScanArgs<'_>,
+        budget: &mut ResponseBudget,
     ) -> Result<Vec<kvrpcpb::KvPair>, StorageError> {
         let mut out = Vec::new();
         if a.limit == 0 {
@@ -153,6 +156,7 @@ impl<E: Engine> Storage<E> {
                 Ok(v) if v.is_expired(now) => {}
                 Ok(v) => {
                     let value = if a.key_only { Vec::new() } else { v.value };
+                    budget.charge(it.key().len() + value.len())?;
                     out.push(kvrpcpb::KvPair {
                         error: None,
                         key: user_key(api, it.key())?,
@@ -270,7 +274,16 @@ impl<E: Engine> Storage<E> {
             modifies.push(Modify::Put(CfName::Default, key, value));
         }
         if !modifies.is_empty() {
-            self.raw_write(&ectx, &keys, modifies).await?;
+            let result = self.raw_write(&ectx, &keys, modifies).await;
+            tracing::debug!(
+                region_id = ectx.region_id,
+                version = ectx.version,
+                first = %keys[0].escape_ascii(),
+                n = keys.len(),
+                error = ?result.as_ref().err(),
+                "raw batch put"
+            );
+            result?;
         }
         Ok(kvrpcpb::RawBatchPutResponse::default())
     }
@@ -352,7 +365,7 @@ impl<E: Engine> Storage<E> {
             key_only: req.key_only,
         };
         let snap = self.inner.engine.async_snapshot(&ectx).await?;
-        let kvs = self.raw_scan_snapshot(&snap, api, &args)?;
+        let kvs = self.raw_scan_snapshot(&snap, api, &args, &mut ResponseBudget::default())?;
         Ok(kvrpcpb::RawScanResponse {
             region_error: None,
             kvs,
@@ -371,6 +384,9 @@ impl<E: Engine> Storage<E> {
         }
         let snap = self.inner.engine.async_snapshot(&ectx).await?;
         let mut kvs = Vec::new();
+        // One budget for every range: ranges times each_limit is what the
+        // response could hold.
+        let mut budget = ResponseBudget::default();
         for r in &req.ranges {
             let (lower, upper) = if req.reverse {
                 (&r.end_key, &r.start_key)
@@ -384,7 +400,7 @@ impl<E: Engine> Storage<E> {
                 limit: req.each_limit as usize,
                 key_only: req.key_only,
             };
-            kvs.extend(self.raw_scan_snapshot(&snap, api, &args)?);
+            kvs.extend(self.raw_scan_snapshot(&snap, api, &args, &mut budget)?);
         }
         Ok(kvrpcpb::RawBatchScanResponse {
             region_error: None,
@@ -403,7 +419,7 @@ impl<E: Engine> Storage<E> {
         check_key(api, &req.key, true, false)?;
         self.check_value(&req.value)?;
         let key = stored_key(api, &req.key);
-        let _latches = self.inner.latches.acquire([key.as_slice()]).await;
+        let latches = self.inner.latches.acquire([key.as_slice()]).await;
         let snap = self.inner.engine.async_snapshot(&ectx).await?;
         let previous = self.raw_read(&snap, api, &req.key)?;
         drop(snap);
@@ -411,13 +427,13 @@ impl<E: Engine> Storage<E> {
             None => req.previous_not_exist,
             Some(v) => !req.previous_not_exist && v.value == req.previous_value,
         };
+        let mut modifies = Vec::new();
         if succeed {
             let value = RawValue::with_ttl(req.value, req.ttl, self.now_secs()).encode();
-            self.inner
-                .engine
-                .async_write(&ectx, vec![Modify::Put(CfName::Default, key, value)])
-                .await?;
+            modifies.push(Modify::Put(CfName::Default, key, value));
         }
+        self.write_then_release(&ectx, modifies, latches, Vec::new())
+            .await?;
         let mut resp = kvrpcpb::RawCasResponse {
             succeed,
             ..Default::default()

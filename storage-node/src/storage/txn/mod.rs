@@ -3,6 +3,7 @@
 
 mod actions;
 mod commit;
+mod debug;
 mod gc;
 mod pessimistic;
 mod prewrite;

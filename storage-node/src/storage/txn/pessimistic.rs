@@ -83,7 +83,12 @@ impl<E: Engine> Storage<E> {
             force_lock: req.wake_up_mode == PessimisticLockWakeUpMode::WakeUpModeForceLock as i32,
         };
         // Acquiring a lock reads the latest data.
-        self.inner.cm.update_max_ts(req.for_update_ts);
+        if let Err(e) = self.inner.cm.update_max_ts(req.for_update_ts) {
+            return Ok(kvrpcpb::PessimisticLockResponse {
+                errors: vec![e.to_pb()],
+                ..Default::default()
+            });
+        }
         let timeout = self.lock_wait_timeout(req.wait_timeout);
         let deadline = timeout.map(|t| Instant::now() + t);
         let keys: Vec<Vec<u8>> = muts.iter().map(|(k, _)| k.clone()).collect();
@@ -157,37 +162,71 @@ impl<E: Engine> Storage<E> {
         }
         let (start_ts, for_update_ts) = (req.start_version, req.for_update_ts);
         let ectx = engine_context(Some(&ctx));
-        let keys = if req.keys.is_empty() {
+        let mut resp = kvrpcpb::PessimisticRollbackResponse::default();
+        if !req.keys.is_empty() {
+            let keys = sorted_unique(req.keys);
+            let out = self
+                .pessimistic_rollback_keys(&ectx, &keys, start_ts, for_update_ts)
+                .await?;
+            resp.errors = out.err().map(|e| e.to_pb()).into_iter().collect();
+            return Ok(resp);
+        }
+        // Without keys: every pessimistic lock of the transaction in the
+        // Region, a batch at a time.
+        let batch = self.inner.config.batch_keys.max(1);
+        let mut start = Vec::new();
+        loop {
             let snap = self.inner.engine.async_snapshot(&ectx).await?;
-            let (locks, _) = MvccReader::new(&snap).scan_locks(
-                b"",
+            let (locks, has_more) = MvccReader::new(&snap).scan_locks(
+                &start,
                 b"",
                 |l| l.ts == start_ts && l.is_pessimistic_lock(),
-                0,
+                batch,
             )?;
-            locks.into_iter().map(|(k, _)| k).collect()
-        } else {
-            sorted_unique(req.keys)
-        };
-        let out = self
-            .run_write(&ectx, &keys, |reader, txn| {
-                for key in &keys {
-                    if let Some(lock) = reader.load_lock(key)? {
-                        if lock.is_pessimistic_lock()
-                            && lock.ts == start_ts
-                            && lock.for_update_ts <= for_update_ts
-                        {
-                            txn.unlock_key(key);
-                        }
+            drop(snap);
+            let Some((last, _)) = locks.last() else {
+                break;
+            };
+            start = last.clone();
+            start.push(0);
+            let keys: Vec<Vec<u8>> = locks.into_iter().map(|(k, _)| k).collect();
+            if let Err(e) = self
+                .pessimistic_rollback_keys(&ectx, &keys, start_ts, for_update_ts)
+                .await?
+            {
+                resp.errors = vec![e.to_pb()];
+                return Ok(resp);
+            }
+            if !has_more {
+                break;
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Removes the transaction's pessimistic locks (not newer than
+    /// `for_update_ts`) on `keys`.
+    async fn pessimistic_rollback_keys(
+        &self,
+        ectx: &crate::engine::EngineContext,
+        keys: &[Vec<u8>],
+        start_ts: u64,
+        for_update_ts: u64,
+    ) -> Result<Result<(), KeyErr>, StorageError> {
+        self.run_write(ectx, keys, |reader, txn| {
+            for key in keys {
+                if let Some(lock) = reader.load_lock(key)? {
+                    if lock.is_pessimistic_lock()
+                        && lock.ts == start_ts
+                        && lock.for_update_ts <= for_update_ts
+                    {
+                        txn.unlock_key(key);
                     }
                 }
-                Ok(())
-            })
-            .await?;
-        Ok(kvrpcpb::PessimisticRollbackResponse {
-            region_error: None,
-            errors: out.err().map(|e| e.to_pb()).into_iter().collect(),
+            }
+            Ok(())
         })
+        .await
     }
 
     /// `wait_timeout` of a request: < 0 no wait, 0 the default, else capped.

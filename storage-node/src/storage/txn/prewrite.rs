@@ -3,7 +3,10 @@
 
 use std::collections::HashSet;
 
-use shale_proto::kvrpcpb::{self, prewrite_request::PessimisticAction, write_conflict::Reason, Op};
+use shale_proto::kvrpcpb::{
+    self, prewrite_request::PessimisticAction, write_conflict::Reason, Assertion, AssertionLevel,
+    Op,
+};
 
 use crate::engine::{Engine, Snapshot};
 use crate::storage::concurrency_manager::ConcurrencyManager;
@@ -29,6 +32,7 @@ struct Props {
     use_async_commit: bool,
     try_one_pc: bool,
     secondaries: Vec<Vec<u8>>,
+    assertion_level: AssertionLevel,
 }
 
 impl Props {
@@ -47,6 +51,8 @@ struct KeyMutation {
     value: Vec<u8>,
     action: PessimisticAction,
     expected_for_update_ts: Option<u64>,
+    /// What the client asserts about the key's current value.
+    assertion: Assertion,
 }
 
 enum KeyOutcome {
@@ -74,8 +80,10 @@ impl<E: Engine> Storage<E> {
         let ctx = req.context.clone().unwrap_or_default();
         let api = api_version(&ctx)?;
         check_key(api, &req.primary_lock, false, false)?;
-        if req.start_version == 0 {
-            return Err(invalid("start_version must not be 0"));
+        if req.start_version == 0 || req.start_version == u64::MAX {
+            return Err(invalid(
+                "start_version must be a timestamp (not 0, not u64::MAX)",
+            ));
         }
         let n = req.mutations.len();
         if !req.pessimistic_actions.is_empty() && req.pessimistic_actions.len() != n {
@@ -111,12 +119,15 @@ impl<E: Engine> Storage<E> {
                     .map_err(|_| invalid("unknown pessimistic action"))?,
                 None => PessimisticAction::SkipPessimisticCheck,
             };
+            let assertion = Assertion::try_from(m.assertion)
+                .map_err(|_| invalid(format!("unknown assertion {}", m.assertion)))?;
             mutations.push(KeyMutation {
                 key: m.key,
                 op,
                 value: m.value,
                 action,
                 expected_for_update_ts: expected[i],
+                assertion,
             });
         }
         let props = Props {
@@ -131,11 +142,34 @@ impl<E: Engine> Storage<E> {
             use_async_commit: req.use_async_commit,
             try_one_pc: req.try_one_pc,
             secondaries: req.secondaries,
+            assertion_level: AssertionLevel::try_from(req.assertion_level)
+                .map_err(|_| invalid(format!("unknown assertion level {}", req.assertion_level)))?,
         };
         let keys: Vec<Vec<u8>> = mutations.iter().map(|m| m.key.clone()).collect();
         let cm = self.inner.cm.clone();
+        let ectx = engine_context(Some(&ctx));
+        if props.need_min_commit_ts() {
+            // The commit timestamp comes from max_ts: it must be above every
+            // timestamp a reader used, here or at a previous leader.
+            for ts in [props.start_ts, props.for_update_ts] {
+                if let Err(e) = cm.check_timestamp(ts) {
+                    return Ok(kvrpcpb::PrewriteResponse {
+                        errors: vec![e.to_pb()],
+                        ..Default::default()
+                    });
+                }
+            }
+            self.inner.engine.wait_max_ts_synced(&ectx).await?;
+        }
+        let region_id = ectx.region_id;
         let out = self
-            .run_write(&engine_context(Some(&ctx)), &keys, move |reader, txn| {
+            .run_write(&ectx, &keys, move |reader, txn| {
+                if props.need_min_commit_ts() && !reader.snapshot().max_ts_synced() {
+                    // Leadership changed between the wait and the snapshot.
+                    return Err(
+                        StorageError::Engine(crate::region::max_ts_not_synced(region_id)).into(),
+                    );
+                }
                 prewrite_all(reader, txn, &cm, &props, &mutations)
             })
             .await?;
@@ -188,6 +222,7 @@ fn prewrite_all<S: Snapshot>(
                     KeyErr::Locked(_)
                         | KeyErr::WriteConflict { .. }
                         | KeyErr::PessimisticLockNotFound { .. }
+                        | KeyErr::AssertionFailed { .. }
                 );
                 if retryable {
                     if let Some(commit_ts) = committed_ts(reader, &m.key, props.start_ts)? {
@@ -341,11 +376,12 @@ fn prewrite_key<S: Snapshot>(
     if !skip_check {
         check_for_newer_version(reader, props, m, should_not_exist)?;
     }
+    check_assertion(reader, props, m, !skip_check)?;
     if should_not_write {
         // CheckNotExists is a read at start_ts.
-        cm.update_max_ts(start_ts);
+        cm.update_max_ts(start_ts)?;
         let ts = if props.need_min_commit_ts() {
-            props.min_commit_ts.max(start_ts + 1)
+            props.min_commit_ts.max(start_ts.saturating_add(1))
         } else {
             0
         };
@@ -402,6 +438,54 @@ fn prewrite_key<S: Snapshot>(
         had_pessimistic_lock,
         fell_back,
     })
+}
+
+/// Checks the mutation's assertion about the key's newest committed value
+/// as TiKV does: `Exist` fails on no value or a Delete, `NotExist` on a
+/// Put. `Fast` checks only keys whose versions the conflict check already
+/// read (`versions_read`); `Strict` reads them when it did not; `Off`
+/// checks nothing. A failed assertion on a key whose conflict check was
+/// skipped runs that check first: a newer write (a rollback, say) is the
+/// better explanation.
+fn check_assertion<S: Snapshot>(
+    reader: &MvccReader<'_, S>,
+    props: &Props,
+    m: &KeyMutation,
+    versions_read: bool,
+) -> TxnResult<()> {
+    let checked = match props.assertion_level {
+        AssertionLevel::Off => false,
+        AssertionLevel::Fast => versions_read,
+        AssertionLevel::Strict => true,
+    };
+    if m.assertion == Assertion::None || !checked {
+        return Ok(());
+    }
+    let newest = reader.get_write(&m.key, u64::MAX)?;
+    let failed = match (m.assertion, &newest) {
+        (Assertion::Exist, None) => Some((0, 0)),
+        (Assertion::Exist, Some((commit_ts, w))) if w.write_type == WriteType::Delete => {
+            Some((w.start_ts, *commit_ts))
+        }
+        (Assertion::NotExist, Some((commit_ts, w))) if w.write_type == WriteType::Put => {
+            Some((w.start_ts, *commit_ts))
+        }
+        _ => None,
+    };
+    let Some((existing_start_ts, existing_commit_ts)) = failed else {
+        return Ok(());
+    };
+    if !versions_read {
+        check_for_newer_version(reader, props, m, false)?;
+    }
+    Err(KeyErr::AssertionFailed {
+        start_ts: props.start_ts,
+        key: m.key.clone(),
+        assertion: m.assertion,
+        existing_start_ts,
+        existing_commit_ts,
+    }
+    .into())
 }
 
 /// Conflict and constraint checks against committed versions.

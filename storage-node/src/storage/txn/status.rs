@@ -36,7 +36,12 @@ impl<E: Engine> Storage<E> {
         // The caller is a reader at caller_start_ts: async-commit
         // transactions must commit above it.
         if req.caller_start_ts != 0 {
-            self.inner.cm.update_max_ts(req.caller_start_ts);
+            if let Err(e) = self.inner.cm.update_max_ts(req.caller_start_ts) {
+                return Ok(kvrpcpb::CheckTxnStatusResponse {
+                    error: Some(e.to_pb()),
+                    ..Default::default()
+                });
+            }
         }
         let cmd = CheckTxnStatus {
             primary: req.primary_key,

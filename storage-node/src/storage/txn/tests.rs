@@ -429,7 +429,7 @@ async fn async_commit_min_commit_ts_is_above_every_read() {
 #[tokio::test]
 async fn async_commit_falls_back_when_max_commit_ts_is_exceeded() {
     let s = new_store();
-    s.storage.concurrency_manager().update_max_ts(200);
+    s.storage.concurrency_manager().update_max_ts(200).unwrap();
     let mut req = prewrite_req(vec![put(b"p", b"v")], b"p", 50);
     req.use_async_commit = true;
     req.max_commit_ts = 150;

@@ -76,10 +76,23 @@ pub(super) fn region(id: u64, start: &[u8], end: &[u8], peers: &[(u64, u64)]) ->
     }
 }
 
+mod max_ts;
+mod region_bounds;
+
 async fn start_store(
     store_id: u64,
     resolver: &Arc<MapResolver>,
     regions: &[metapb::Region],
+) -> TestStore {
+    start_store_with(store_id, resolver, regions, Arc::new(super::NoTso)).await
+}
+
+/// A store whose new leaders sync `max_ts` through `max_ts`.
+async fn start_store_with(
+    store_id: u64,
+    resolver: &Arc<MapResolver>,
+    regions: &[metapb::Region],
+    max_ts: Arc<dyn super::MaxTsSync>,
 ) -> TestStore {
     let dir = tempfile::tempdir().unwrap();
     let engine = RocksEngine::open(dir.path(), true).unwrap();
@@ -101,6 +114,7 @@ async fn start_store(
         raft_config: raft_config(),
         changed_regions: Default::default(),
         range_changes: Default::default(),
+        max_ts,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -575,7 +589,8 @@ impl
                 opened: true.into(),
                 ..Default::default()
             }),
-        );
+        )
+        .unwrap();
         Ok((dir, log, sm))
     }
 }
@@ -596,6 +611,7 @@ pub(super) fn standalone_context(dir: &std::path::Path) -> Arc<StoreContext> {
         raft_config: raft_config(),
         changed_regions: Default::default(),
         range_changes: Default::default(),
+        max_ts: Arc::new(super::NoTso),
     })
 }
 
