@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building Shale needs on Debian/Ubuntu: a C/C++ toolchain and
 # libclang (RocksDB is C++ and its Rust bindings are generated with bindgen),
-# python3-venv (the Helm chart check), and a Rust toolchain if none is
-# present. Safe to run repeatedly.
+# python3-venv (the Helm chart check), nftables (network partitions in the
+# chaos test), and a Rust toolchain if none is present. Safe to run
+# repeatedly.
 set -euo pipefail
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 need_pkgs=()
-for pkg in build-essential clang libclang-dev pkg-config python3-venv; do
+for pkg in build-essential clang libclang-dev pkg-config python3-venv nftables; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -18,7 +19,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
 else
-  say "System packages already installed (build-essential, clang, libclang-dev, pkg-config, python3-venv)"
+  say "System packages already installed (build-essential, clang, libclang-dev, pkg-config, python3-venv, nftables)"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

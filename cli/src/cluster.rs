@@ -26,7 +26,9 @@ fn url_of(endpoint: &str) -> String {
 }
 
 /// Connects to the placement leader, found through any of `endpoints`.
-async fn connect(endpoints: &[String]) -> Result<(PdClient<Channel>, Option<pdpb::RequestHeader>)> {
+pub(crate) async fn connect(
+    endpoints: &[String],
+) -> Result<(PdClient<Channel>, Option<pdpb::RequestHeader>)> {
     let mut last_error = anyhow::anyhow!("no placement endpoint given");
     for endpoint in endpoints {
         let mut client = match PdClient::connect(url_of(endpoint)).await {

@@ -2,7 +2,9 @@
 //! Raw and transactional access, cluster listings and benchmarks.
 
 mod bench;
+mod check;
 mod cluster;
+mod debug;
 mod kv;
 mod playground;
 
@@ -36,6 +38,11 @@ enum Command {
     Stores(cluster::Args),
     /// List the Regions placement knows.
     Regions(cluster::Args),
+    /// Check a live cluster for consistency: bank, register and raw
+    /// workloads, then every invariant verified (exit status 1 on anomalies).
+    Check(check::Args),
+    /// Look inside a stopped storage node's data directory.
+    Debug(debug::Args),
     /// Measure throughput and latency against a fresh playground and a direct-RocksDB baseline.
     Bench(bench::Args),
 }
@@ -54,6 +61,11 @@ async fn main() -> ExitCode {
         Command::Stores(args) => cluster::stores(args).await,
         Command::Regions(args) => cluster::regions(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Debug(args) => debug::run(args),
+        Command::Check(args) => match check::run(args).await {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

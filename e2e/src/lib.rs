@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod faults;
+
+pub use faults::{can_partition, Endpoint, Netfilter};
+
 /// Finds a built binary of this workspace (`target/<profile>/<name>`).
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
@@ -42,6 +46,9 @@ pub struct Process {
     args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
+    /// Runs as this user (its traffic can then be cut off on its own).
+    uid: Option<u32>,
+    paused: bool,
 }
 
 impl Process {
@@ -52,7 +59,18 @@ impl Process {
             args,
             child: None,
             log,
+            uid: None,
+            paused: false,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The user id the process runs as, when it has one of its own.
+    pub fn uid(&self) -> Option<u32> {
+        self.uid
     }
 
     pub fn start(&mut self) -> Result<()> {
@@ -63,15 +81,25 @@ impl Process {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SHALE_E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
+            .stderr(log);
+        if let Some(uid) = self.uid {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(uid);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("spawning {}", self.name))?;
         self.child = Some(child);
+        self.paused = false;
         Ok(())
     }
 
@@ -81,7 +109,44 @@ impl Process {
             child.kill()?;
             child.wait()?;
         }
+        self.paused = false;
         Ok(())
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let Some(child) = &self.child else {
+            bail!("{} is not running", self.name);
+        };
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        if unsafe { libc::kill(child.id() as libc::pid_t, signal) } != 0 {
+            bail!(
+                "signalling {}: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP: the process freezes mid-flight (a long GC pause, a VM
+    /// stall); its sockets stay open.
+    pub fn pause(&mut self) -> Result<()> {
+        self.signal(libc::SIGSTOP)?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// SIGCONT after [`Process::pause`].
+    pub fn resume(&mut self) -> Result<()> {
+        if self.paused {
+            self.signal(libc::SIGCONT)?;
+            self.paused = false;
+        }
+        Ok(())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -99,6 +164,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        let _ = self.resume();
         let _ = self.kill9();
     }
 }
@@ -168,6 +234,20 @@ pub async fn http_request_with_body(
     path: &str,
     body: &str,
 ) -> Result<(u16, String)> {
+    // A paused or partitioned server never answers: give up like a client.
+    tokio::time::timeout(HTTP_TIMEOUT, http_request_inner(addr, method, path, body))
+        .await
+        .with_context(|| format!("{method} {addr}{path}: no answer within {HTTP_TIMEOUT:?}"))?
+}
+
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn http_request_inner(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let req = format!(
@@ -206,6 +286,24 @@ pub struct Cluster {
     pub store_status_addrs: Vec<String>,
     /// A TOML config file every storage node is started with (`--config`).
     pub store_config: Option<PathBuf>,
+    /// Every server runs as a user of its own (see [`faults`]).
+    own_users: bool,
+    /// Where those users find the binaries (the build directory may be
+    /// closed to them).
+    binaries: Option<PathBuf>,
+}
+
+/// What [`Cluster::start_with`] starts.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Placement members (at least 1); more than one form a Raft group.
+    pub placements: usize,
+    pub stores: usize,
+    /// TOML every storage node reads through `--config`.
+    pub store_config: Option<String>,
+    /// Run each server as a user of its own, so a single process can be
+    /// partitioned with [`Netfilter`] (needs root; see [`can_partition`]).
+    pub own_users: bool,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -218,6 +316,11 @@ impl Cluster {
     /// Starts placement and `stores` storage nodes and waits until all serve.
     pub async fn start(stores: usize) -> Result<Self> {
         Self::start_inner(1, stores, None).await
+    }
+
+    /// Starts the cluster `options` describe and waits until all serve.
+    pub async fn start_with(options: ClusterOptions) -> Result<Self> {
+        Self::start_cluster(&options).await
     }
 
     /// Like [`Cluster::start`], with every storage node reading `store_config`
@@ -242,8 +345,29 @@ impl Cluster {
         stores: usize,
         store_config: Option<&str>,
     ) -> Result<Self> {
+        Self::start_cluster(&ClusterOptions {
+            placements,
+            stores,
+            store_config: store_config.map(str::to_string),
+            own_users: false,
+        })
+        .await
+    }
+
+    async fn start_cluster(options: &ClusterOptions) -> Result<Self> {
+        let (placements, stores) = (options.placements.max(1), options.stores);
         let dir = tempfile::tempdir()?;
-        let store_config = match store_config {
+        if options.own_users {
+            // Servers running as other users must reach their directories.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        }
+        let binaries = if options.own_users {
+            Some(shared_binaries(dir.path())?)
+        } else {
+            None
+        };
+        let store_config = match options.store_config.as_deref() {
             Some(text) => {
                 let path = dir.path().join("storage-node.toml");
                 std::fs::write(&path, text)?;
@@ -277,12 +401,16 @@ impl Cluster {
                     "--allow-fault-injection".into(),
                 ]);
             }
-            members.push(Process::new(
+            let mut member = Process::new(
                 &placement_name(i),
-                binary("placement")?,
+                binary_in(binaries.as_deref(), "placement")?,
                 args,
                 dir.path().join(format!("{}.log", placement_name(i))),
-            ));
+            );
+            if options.own_users {
+                member.uid = Some(own_dir(&dir.path().join(placement_name(i)))?);
+            }
+            members.push(member);
         }
         let mut cluster = Cluster {
             dir,
@@ -293,6 +421,8 @@ impl Cluster {
             store_addrs: Vec::new(),
             store_status_addrs: Vec::new(),
             store_config,
+            own_users: options.own_users,
+            binaries,
         };
         for member in &mut cluster.placements {
             member.start()?;
@@ -435,10 +565,13 @@ impl Cluster {
         ]);
         let mut p = Process::new(
             &format!("store-{i}"),
-            binary("storage-node")?,
+            binary_in(self.binaries.as_deref(), "storage-node")?,
             args,
             self.dir.path().join(format!("store-{i}.log")),
         );
+        if self.own_users {
+            p.uid = Some(own_dir(&self.dir.path().join(format!("store-{i}")))?);
+        }
         p.start()?;
         self.stores.push(p);
         self.store_addrs.push(addr);
@@ -479,6 +612,13 @@ impl Cluster {
         self.wait_placement().await
     }
 
+    /// Stops the cluster's directory (data and logs) from being deleted:
+    /// for a post-mortem (`shale debug --data-dir <dir>/store-N ...`).
+    pub fn keep_data(&mut self) -> Result<PathBuf> {
+        let kept = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
+        Ok(kept.keep())
+    }
+
     /// A guard that prints the tail of every server log when it is dropped
     /// without [`LogsOnFailure::disarm`] (a failed assertion or an early `?`),
     /// and copies the whole logs under `$SHALE_E2E_KEEP_LOGS` if it is set.
@@ -488,6 +628,64 @@ impl Cluster {
             armed: true,
         }
     }
+}
+
+/// Links (or copies) the server binaries into `dir/bin`, which every user
+/// can reach; returns that directory.
+fn shared_binaries(dir: &Path) -> Result<PathBuf> {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for name in ["placement", "storage-node"] {
+        let from = binary(name)?;
+        let to = bin.join(name);
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+    }
+    Ok(bin)
+}
+
+/// The binary `name`, from `dir` when given, else from the build.
+fn binary_in(dir: Option<&Path>, name: &str) -> Result<PathBuf> {
+    match dir {
+        Some(dir) => Ok(dir.join(name)),
+        None => binary(name),
+    }
+}
+
+/// Creates `dir` owned by a fresh user id of its own; returns the id.
+fn own_dir(dir: &Path) -> Result<u32> {
+    let uid = faults::next_user_id();
+    std::fs::create_dir_all(dir)?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid))
+        .with_context(|| format!("giving {} to user {uid}", dir.display()))?;
+    Ok(uid)
+}
+
+impl Cluster {
+    /// What a partition of placement member `i` cuts off.
+    pub fn placement_endpoint(&self, i: usize) -> Option<Endpoint> {
+        Some(Endpoint {
+            uid: self.placements[i].uid()?,
+            ports: vec![port_of(&self.pd_addrs[i])?],
+        })
+    }
+
+    /// What a partition of storage node `i` cuts off.
+    pub fn store_endpoint(&self, i: usize) -> Option<Endpoint> {
+        Some(Endpoint {
+            uid: self.stores[i].uid()?,
+            ports: vec![
+                port_of(&self.store_addrs[i])?,
+                port_of(&self.store_status_addrs[i])?,
+            ],
+        })
+    }
+}
+
+fn port_of(addr: &str) -> Option<u16> {
+    addr.rsplit(':').next()?.parse().ok()
 }
 
 /// See [`Cluster::logs_on_failure`].

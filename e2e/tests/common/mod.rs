@@ -387,6 +387,36 @@ impl Target {
         Ok(())
     }
 
+    /// Splits the Region holding the wire key `key` at it (SplitRegion on
+    /// the Region's leader), retrying while leadership or routing settles.
+    pub async fn split_at(&mut self, mode: KeyMode, key: &[u8]) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.route(mode, key).await?;
+            let region_key = self.region_key(mode, key);
+            if self.region.start_key == region_key {
+                return Ok(());
+            }
+            let resp = self
+                .stub
+                .split_region(kvrpcpb::SplitRegionRequest {
+                    context: Some(self.ctx()),
+                    split_keys: vec![key.to_vec()],
+                    is_raw_kv: mode == KeyMode::Raw,
+                    ..Default::default()
+                })
+                .await;
+            match resp {
+                Ok(r) if r.get_ref().region_error.is_none() => return Ok(()),
+                Ok(r) if Instant::now() > deadline => {
+                    bail!("split refused: {:?}", r.into_inner().region_error)
+                }
+                Err(e) if Instant::now() > deadline => bail!("split failed: {e}"),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
     /// A context for the Region of the last [`Target::route`].
     pub fn ctx(&self) -> kvrpcpb::Context {
         kvrpcpb::Context {

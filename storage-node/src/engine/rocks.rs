@@ -197,10 +197,7 @@ impl RocksEngine {
     }
 
     /// The first and last metadata keys in `[start, end)` (debugging).
-    pub fn meta_range_bounds(
-        &self,
-        (start, end): &(Vec<u8>, Vec<u8>),
-    ) -> EngineResult<KeyBounds> {
+    pub fn meta_range_bounds(&self, (start, end): &(Vec<u8>, Vec<u8>)) -> EngineResult<KeyBounds> {
         let cf = self.meta_cf()?;
         let mut it = self.db.raw_iterator_cf(cf);
         it.seek(start);
