@@ -5,8 +5,9 @@ use clap::Args as ClapArgs;
 use shale_proto::pdpb::{self, pd_client::PdClient};
 use tonic::transport::Channel;
 
-#[derive(ClapArgs, Debug)]
-pub struct Args {
+/// Where placement is: `--pd` or `SHALE_PD`.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct PdEndpoints {
     /// Placement (PD) endpoints, comma separated.
     #[arg(
         long,
@@ -14,7 +15,13 @@ pub struct Args {
         default_value = "127.0.0.1:2379",
         value_delimiter = ','
     )]
-    pd: Vec<String>,
+    pub pd: Vec<String>,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    placement: PdEndpoints,
 }
 
 fn url_of(endpoint: &str) -> String {
@@ -66,7 +73,7 @@ pub(crate) async fn connect(
 }
 
 pub async fn stores(args: Args) -> Result<()> {
-    let (mut client, header) = connect(&args.pd).await?;
+    let (mut client, header) = connect(&args.placement.pd).await?;
     let resp = client
         .get_all_stores(pdpb::GetAllStoresRequest {
             header,
@@ -96,7 +103,7 @@ fn show_key(key: &[u8]) -> String {
 }
 
 pub async fn regions(args: Args) -> Result<()> {
-    let (mut client, header) = connect(&args.pd).await?;
+    let (mut client, header) = connect(&args.placement.pd).await?;
     let resp = client
         .scan_regions(pdpb::ScanRegionsRequest {
             header,

@@ -38,14 +38,8 @@ pub use history::{Report, Verdict};
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Args {
-    /// Placement (PD) endpoints, comma separated.
-    #[arg(
-        long,
-        env = "SHALE_PD",
-        default_value = "127.0.0.1:2379",
-        value_delimiter = ','
-    )]
-    pub pd: Vec<String>,
+    #[command(flatten)]
+    pub placement: crate::cluster::PdEndpoints,
     /// Use API V2 with the DEFAULT keyspace (a cluster started with
     /// `--api-version 2`).
     #[arg(long)]
@@ -205,15 +199,15 @@ pub async fn check(mut args: Args) -> Result<Verdict> {
     } else {
         Config::default()
     };
-    let endpoints = args.pd.join(",");
-    let txn = TransactionClient::new_with_config(args.pd.clone(), config.clone())
+    let endpoints = args.placement.pd.join(",");
+    let txn = TransactionClient::new_with_config(args.placement.pd.clone(), config.clone())
         .await
         .with_context(|| format!("connecting a transaction client to {endpoints}"))?;
-    let raw = RawClient::new_with_config(args.pd.clone(), config)
+    let raw = RawClient::new_with_config(args.placement.pd.clone(), config)
         .await
         .with_context(|| format!("connecting a raw client to {endpoints}"))?
         .with_atomic_for_cas();
-    let mvcc = mvcc::MvccClient::connect(args.pd.clone(), args.keyspace).await?;
+    let mvcc = mvcc::MvccClient::connect(args.placement.pd.clone(), args.keyspace).await?;
     let env = Arc::new(Env {
         txn,
         raw,

@@ -40,6 +40,18 @@ fn scan<'a>(start: &'a [u8], end: &'a [u8], reverse: bool) -> ScopeKeys<'a> {
 
 use KeyMode::{Raw, Txn};
 
+/// Clamps the far bound of a range that starts inside `region` to it.
+fn clamp_end(
+    ctx: Option<&kvrpcpb::Context>,
+    mode: KeyMode,
+    region: &shale_proto::metapb::Region,
+    reverse: bool,
+    end_key: &mut Vec<u8>,
+) {
+    let api = ctx.map_or(kvrpcpb::ApiVersion::V1, |c| c.api_version());
+    super::check::clamp_scan(mode, api, region, reverse, end_key);
+}
+
 scoped!(kvrpcpb::RawGetRequest, Raw, |r| one(&r.key));
 scoped!(kvrpcpb::RawBatchGetRequest, Raw, |r| many(&r.keys));
 scoped!(kvrpcpb::RawPutRequest, Raw, |r| one(&r.key));
@@ -67,11 +79,13 @@ macro_rules! scan_request {
                 }
             }
             fn clamp_to_region(&mut self, region: &shale_proto::metapb::Region) {
-                let api = self
-                    .context
-                    .as_ref()
-                    .map_or(kvrpcpb::ApiVersion::V1, |c| c.api_version());
-                super::check::clamp_scan($mode, api, region, self.reverse, &mut self.end_key);
+                clamp_end(
+                    self.context.as_ref(),
+                    $mode,
+                    region,
+                    self.reverse,
+                    &mut self.end_key,
+                );
             }
         }
     };
@@ -122,11 +136,7 @@ impl RegionRequest for kvrpcpb::ScanLockRequest {
         ScopeKeys::Ranges(vec![(&self.start_key, &[])])
     }
     fn clamp_to_region(&mut self, region: &shale_proto::metapb::Region) {
-        let api = self
-            .context
-            .as_ref()
-            .map_or(kvrpcpb::ApiVersion::V1, |c| c.api_version());
-        super::check::clamp_scan(Txn, api, region, false, &mut self.end_key);
+        clamp_end(self.context.as_ref(), Txn, region, false, &mut self.end_key);
     }
 }
 scoped!(kvrpcpb::ResolveLockRequest, Txn, |r| many(&r.keys));
