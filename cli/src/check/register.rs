@@ -417,21 +417,14 @@ async fn verify_raw(env: &Env, keys: &[Vec<u8>], log: &Log) {
             observed.insert(c.previous.clone());
         }
         observed.insert(final_value.clone());
-        // Successor of each value: swaps known to have happened, and swaps
-        // of unknown outcome whose value was seen.
+        // Successor of each value: swaps known to have happened, and any
+        // other swap whose value was seen. Values are unique, so a value
+        // seen proves its swap was applied, even one the client reported
+        // refused: the client retries a swap whose answer it did not get,
+        // and the retry meets the swap's own value or, if another swap
+        // followed it already, that one's.
         let mut next: HashMap<Option<Vec<u8>>, &Cas> = HashMap::new();
-        for c in &cas {
-            let happened = match &c.result {
-                CasResult::Swapped => true,
-                CasResult::Unknown(_) => observed.contains(&Some(c.value.clone())),
-                // Values are unique: a swap refused because the register
-                // already held its own value was applied by an earlier
-                // attempt of the same request (the client retried it).
-                CasResult::Refused(found) => found.as_deref() == Some(c.value.as_slice()),
-            };
-            if !happened {
-                continue;
-            }
+        for c in cas.iter().filter(|c| swap_applied(c, &observed)) {
             if let Some(other) = next.insert(c.previous.clone(), c) {
                 report.anomaly(
                     WORKLOAD,
@@ -509,5 +502,54 @@ async fn verify_raw(env: &Env, keys: &[Vec<u8>], log: &Log) {
                 format!("raw register {register}: {:?} then {:?} (span, position in the chain, is a write)", ops[a], ops[b]),
             );
         }
+    }
+}
+
+/// Whether swap `c` was applied, given every value seen on its register.
+fn swap_applied(c: &Cas, observed: &HashSet<Option<Vec<u8>>>) -> bool {
+    matches!(c.result, CasResult::Swapped) || observed.contains(&Some(c.value.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cas(previous: Option<&str>, value: &str, result: CasResult) -> Cas {
+        Cas {
+            register: 0,
+            previous: previous.map(|p| p.as_bytes().to_vec()),
+            value: value.as_bytes().to_vec(),
+            result,
+            span: Span {
+                invoked_us: 0,
+                completed_us: 0,
+            },
+        }
+    }
+
+    fn seen(values: &[Option<&str>]) -> HashSet<Option<Vec<u8>>> {
+        values
+            .iter()
+            .map(|v| v.map(|v| v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_refused_retry_of_a_swap_whose_value_was_seen_counts_as_applied() {
+        // The first attempt of a->b applied but its answer was lost; b->c
+        // followed; the client's retry of a->b then found c.
+        let retried = cas(Some("a"), "b", CasResult::Refused(Some(b"c".to_vec())));
+        let observed = seen(&[Some("a"), Some("b"), Some("c")]);
+        assert!(swap_applied(&retried, &observed));
+    }
+
+    #[test]
+    fn a_refused_swap_whose_value_nobody_saw_did_not_happen() {
+        let refused = cas(Some("a"), "b", CasResult::Refused(Some(b"c".to_vec())));
+        assert!(!swap_applied(&refused, &seen(&[Some("a"), Some("c")])));
+        let unknown = cas(Some("a"), "d", CasResult::Unknown("timeout".into()));
+        assert!(!swap_applied(&unknown, &seen(&[Some("a"), Some("c")])));
+        let swapped = cas(Some("a"), "e", CasResult::Swapped);
+        assert!(swap_applied(&swapped, &seen(&[])));
     }
 }
