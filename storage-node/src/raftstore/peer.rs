@@ -23,6 +23,9 @@ use crate::engine::EngineError;
 /// sync `max_ts` before it is told `MaxTimestampNotSynced`.
 pub const MAX_TS_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long a proposal may wait for Raft to decide it.
+pub const PROPOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Peer {
     pub region_id: u64,
     pub peer_id: PeerId,
@@ -254,15 +257,24 @@ impl Peer {
         self.check_version(version)
     }
 
-    /// Proposes a command and waits until its fate is known here: applied,
-    /// refused before it entered the log, or its entry discarded. There is
-    /// no timeout on purpose: an entry still in the log may yet commit, so
-    /// the caller must not act as if it failed (a client that gives up sees
-    /// a timeout, an undetermined outcome); the caller's latches stay held
-    /// until then, so no other command decides on a state it is about to
-    /// change.
+    /// Proposes a command and waits until its fate is known here (applied,
+    /// refused before it entered the log, or its entry discarded), for at
+    /// most [`PROPOSE_TIMEOUT`]. The caller's latches stay held meanwhile, so
+    /// no other command decides on a state it is about to change.
     pub async fn propose(&self, command: RegionCommand) -> Result<CommandResult, EngineError> {
-        match self.raft.client_write(command).await {
+        // Bounded for now: some proposals are never answered (seen while
+        // leaders move between freshly split Regions), and a latch held by
+        // one would block its keys for good. The cost: the entry may still
+        // commit after the caller gave up.
+        let written = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(command)).await;
+        let Ok(written) = written else {
+            tracing::warn!(
+                region_id = self.region_id,
+                "proposal undecided after {PROPOSE_TIMEOUT:?}"
+            );
+            return Err(not_leader(self.region_id, None));
+        };
+        match written {
             Ok(response) => {
                 tracing::debug!(region_id = self.region_id, log_id = %response.log_id, "proposal applied");
                 Ok(response.data)
