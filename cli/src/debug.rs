@@ -93,18 +93,13 @@ pub fn run(args: Args) -> Result<()> {
                     EntryPayload::Blank => "blank".to_string(),
                     EntryPayload::Membership(m) => format!("membership {m}"),
                     EntryPayload::Normal(RegionCommand::Write { epoch, modifies }) => {
-                        let keys: Vec<String> = modifies
-                            .iter()
-                            .map(|m| match m {
-                                Modify::Put(cf, k, _) => format!("put {cf:?} {}", show(k)),
-                                Modify::Delete(cf, k) => format!("delete {cf:?} {}", show(k)),
-                                Modify::DeleteRange(cf, s, e) => {
-                                    format!("delete-range {cf:?} {}..{}", show(s), show(e))
-                                }
-                            })
-                            .collect();
-                        format!("write v{} {}", epoch.version, keys.join("; "))
+                        describe_write(epoch.version, None, modifies)
                     }
+                    EntryPayload::Normal(RegionCommand::WriteInTerm {
+                        epoch,
+                        term,
+                        modifies,
+                    }) => describe_write(epoch.version, Some(*term), modifies),
                     EntryPayload::Normal(RegionCommand::Split {
                         epoch,
                         keys,
@@ -149,4 +144,23 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One write entry of a Raft log, for people: its version, the term it is
+/// bound to, and the keys it changes.
+fn describe_write(version: u64, term: Option<u64>, modifies: &[Modify]) -> String {
+    let keys: Vec<String> = modifies
+        .iter()
+        .map(|m| match m {
+            Modify::Put(cf, k, _) => format!("put {cf:?} {}", show(k)),
+            Modify::Delete(cf, k) => format!("delete {cf:?} {}", show(k)),
+            Modify::DeleteRange(cf, s, e) => {
+                format!("delete-range {cf:?} {}..{}", show(s), show(e))
+            }
+        })
+        .collect();
+    let term = term
+        .map(|t| format!(" (decided in term {t})"))
+        .unwrap_or_default();
+    format!("write v{version}{term} {}", keys.join("; "))
 }

@@ -65,6 +65,10 @@ pub struct EngineContext {
     pub region_id: u64,
     pub conf_ver: u64,
     pub version: u64,
+    /// For a write decided on a snapshot: the leader term of that snapshot
+    /// ([`Snapshot::term`]); the write applies only in the same term. 0: no
+    /// such condition.
+    pub term: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +111,14 @@ pub trait Snapshot: Send + Sync + 'static {
     /// has not seen the reads its predecessor served).
     fn max_ts_synced(&self) -> bool {
         true
+    }
+
+    /// The leader term this snapshot was taken in (0: not replicated). A
+    /// write decided on it must be appended in that same term: leadership
+    /// that left and came back may have let another store commit changes
+    /// this snapshot never saw.
+    fn term(&self) -> u64 {
+        0
     }
 }
 

@@ -306,25 +306,49 @@ impl Peer {
         }
     }
 
-    /// Proposes data changes under `version`.
+    /// The term in which this replica leads, if it leads.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.peer_id))
+            .then_some(m.current_term)
+    }
+
+    /// NotLeader, naming the leader if this replica knows it.
+    pub fn not_leader_error(&self) -> EngineError {
+        not_leader(self.region_id, self.leader())
+    }
+
+    /// Proposes data changes under `version`; with a `term` (not 0), only
+    /// for that leader term (the term of the snapshot they were decided on).
     pub async fn write(
         &self,
         version: u64,
+        term: u64,
         modifies: Vec<crate::engine::Modify>,
     ) -> Result<(), EngineError> {
         self.check_version(version)?;
-        if !self.is_leader() {
-            return Err(not_leader(self.region_id, self.leader()));
+        match self.leader_term() {
+            None => return Err(self.not_leader_error()),
+            Some(now) if term != 0 && now != term => return Err(stale_command(self.region_id)),
+            Some(_) => {}
         }
         let epoch = Epoch {
             version,
             ..self.epoch()
         };
-        match self
-            .propose(RegionCommand::Write { epoch, modifies })
-            .await?
-        {
+        let command = if term == 0 {
+            RegionCommand::Write { epoch, modifies }
+        } else {
+            RegionCommand::WriteInTerm {
+                epoch,
+                term,
+                modifies,
+            }
+        };
+        match self.propose(command).await? {
             CommandResult::Applied => Ok(()),
+            CommandResult::TermChanged => Err(stale_command(self.region_id)),
             CommandResult::EpochChanged { current } => {
                 Err(epoch_not_match(decode_regions(&current)))
             }

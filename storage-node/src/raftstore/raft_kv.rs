@@ -51,11 +51,12 @@ impl Engine for RaftKv {
             let engine = &router.context().engine;
             if region_id == 0 {
                 let whole_store = metapb::Region::default();
-                return Ok(RegionSnapshot::new(engine.snapshot(), whole_store, true));
+                return Ok(RegionSnapshot::new(engine.snapshot(), whole_store, true, 0));
             }
             let peer = router
                 .peer(region_id)
                 .ok_or_else(|| region_not_found(region_id))?;
+            let term = peer.leader_term();
             peer.read_barrier(version).await?;
             let snap = engine.snapshot();
             // Taken after the snapshot: if a split moved the version since,
@@ -65,7 +66,19 @@ impl Engine for RaftKv {
             if region.region_epoch.unwrap_or_default().version != version {
                 return Err(epoch_not_match(vec![region]));
             }
-            Ok(RegionSnapshot::new(snap, region, peer.max_ts_synced()))
+            // Led in one term from before the barrier until after the
+            // snapshot: it holds everything committed before, and a write
+            // decided on it may be appended in that term only.
+            let term = match (term, peer.leader_term()) {
+                (Some(before), Some(after)) if before == after => after,
+                _ => return Err(peer.not_leader_error()),
+            };
+            Ok(RegionSnapshot::new(
+                snap,
+                region,
+                peer.max_ts_synced(),
+                term,
+            ))
         }
     }
 
@@ -75,7 +88,7 @@ impl Engine for RaftKv {
         batch: Vec<Modify>,
     ) -> impl Future<Output = EngineResult<()>> + Send {
         let router = self.router.clone();
-        let (region_id, version) = (ctx.region_id, ctx.version);
+        let (region_id, version, ctx_term) = (ctx.region_id, ctx.version, ctx.term);
         async move {
             if region_id == 0 {
                 return router.context().engine.write(batch).await;
@@ -94,7 +107,7 @@ impl Engine for RaftKv {
             if batch.is_empty() {
                 return Ok(());
             }
-            peer.write(version, batch).await
+            peer.write(version, ctx_term, batch).await
         }
     }
 

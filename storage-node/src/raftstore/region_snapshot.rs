@@ -17,14 +17,23 @@ pub struct RegionSnapshot {
     inner: RocksSnapshot,
     region: metapb::Region,
     max_ts_synced: bool,
+    term: u64,
 }
 
 impl RegionSnapshot {
-    pub fn new(inner: RocksSnapshot, region: metapb::Region, max_ts_synced: bool) -> Self {
+    /// `term`: the leader term the snapshot was taken in (0 for the whole
+    /// store, which is not replicated).
+    pub fn new(
+        inner: RocksSnapshot,
+        region: metapb::Region,
+        max_ts_synced: bool,
+        term: u64,
+    ) -> Self {
         RegionSnapshot {
             inner,
             region,
             max_ts_synced,
+            term,
         }
     }
 
@@ -80,6 +89,10 @@ impl Snapshot for RegionSnapshot {
     fn max_ts_synced(&self) -> bool {
         self.max_ts_synced
     }
+
+    fn term(&self) -> u64 {
+        self.term
+    }
 }
 
 #[cfg(test)]
@@ -118,7 +131,7 @@ mod tests {
             .map(|k| Modify::Put(CfName::Default, k.to_vec(), b"v".to_vec()))
             .collect();
         engine.write(puts).await.unwrap();
-        let snap = RegionSnapshot::new(engine.snapshot(), region(b"c", b"q"), true);
+        let snap = RegionSnapshot::new(engine.snapshot(), region(b"c", b"q"), true, 0);
         assert_eq!(keys(&snap, None, None), vec![b"c".to_vec(), b"m".to_vec()]);
         assert_eq!(
             keys(&snap, Some(b"a"), Some(b"zz")),
@@ -143,7 +156,7 @@ mod tests {
         let err = snap.get_cf(CfName::Default, b"z").unwrap_err();
         assert!(matches!(err, EngineError::Region(e) if e.key_not_in_region.is_some()));
         // The last Region is unbounded above.
-        let last = RegionSnapshot::new(engine.snapshot(), region(b"q", b""), true);
+        let last = RegionSnapshot::new(engine.snapshot(), region(b"q", b""), true, 0);
         assert_eq!(keys(&last, None, None), vec![b"q".to_vec(), b"z".to_vec()]);
     }
 }

@@ -265,35 +265,28 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
             let log_id = entry.log_id();
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::Applied,
-                EntryPayload::Normal(RegionCommand::Write { epoch, modifies }) => {
-                    if epoch.version != epoch_of(&region).version {
-                        tracing::info!(
-                            region_id = self.region_id,
-                            index = log_id.index,
-                            proposed = epoch.version,
-                            current = epoch_of(&region).version,
-                            "write refused: the region's version moved since it was proposed"
-                        );
-                        CommandResult::EpochChanged {
-                            current: vec![region.encode_to_vec()],
-                        }
-                    } else if let Some(key) = ranges::first_outside(&region, modifies) {
-                        // Deterministic on every replica (the same Region
-                        // at the same log position): none applies it.
-                        tracing::warn!(
-                            region_id = self.region_id,
-                            key = %key.escape_ascii(),
-                            "refusing a write with a key outside the region"
-                        );
-                        CommandResult::KeyNotInRegion {
-                            key: key.to_vec(),
-                            region: region.encode_to_vec(),
-                        }
-                    } else {
-                        batch.data.extend(modifies.iter().cloned());
-                        CommandResult::Applied
-                    }
-                }
+                EntryPayload::Normal(RegionCommand::Write { epoch, modifies }) => decide_write(
+                    self.region_id,
+                    &region,
+                    &log_id,
+                    epoch,
+                    None,
+                    modifies,
+                    &mut batch,
+                ),
+                EntryPayload::Normal(RegionCommand::WriteInTerm {
+                    epoch,
+                    term,
+                    modifies,
+                }) => decide_write(
+                    self.region_id,
+                    &region,
+                    &log_id,
+                    epoch,
+                    Some(*term),
+                    modifies,
+                    &mut batch,
+                ),
                 EntryPayload::Normal(RegionCommand::Split {
                     epoch,
                     keys,
@@ -495,6 +488,53 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
             }));
         }
         self.build_snapshot().await.map(Some)
+    }
+}
+
+/// Whether a write entry applies at this log position, adding its changes
+/// to `batch` if so. Deterministic on every replica: the same Region at the
+/// same position, the entry's own term.
+fn decide_write(
+    region_id: u64,
+    region: &metapb::Region,
+    log_id: &LogId,
+    epoch: &Epoch,
+    term: Option<u64>,
+    modifies: &[Modify],
+    batch: &mut EngineBatch,
+) -> CommandResult {
+    if term.is_some_and(|t| t != log_id.leader_id.term) {
+        tracing::info!(
+            region_id,
+            index = log_id.index,
+            decided_in = term,
+            "write refused: decided in another leader term"
+        );
+        CommandResult::TermChanged
+    } else if epoch.version != epoch_of(region).version {
+        tracing::info!(
+            region_id,
+            index = log_id.index,
+            proposed = epoch.version,
+            current = epoch_of(region).version,
+            "write refused: the region's version moved since it was proposed"
+        );
+        CommandResult::EpochChanged {
+            current: vec![region.encode_to_vec()],
+        }
+    } else if let Some(key) = ranges::first_outside(region, modifies) {
+        tracing::warn!(
+            region_id,
+            key = %key.escape_ascii(),
+            "refusing a write with a key outside the region"
+        );
+        CommandResult::KeyNotInRegion {
+            key: key.to_vec(),
+            region: region.encode_to_vec(),
+        }
+    } else {
+        batch.data.extend(modifies.iter().cloned());
+        CommandResult::Applied
     }
 }
 

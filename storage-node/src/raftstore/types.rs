@@ -50,12 +50,24 @@ pub enum RegionCommand {
         keys: Vec<Vec<u8>>,
         targets: Vec<SplitTarget>,
     },
+    /// Data changes decided on a snapshot taken while the proposer led in
+    /// `term`: rejected at apply time unless the entry is of that same term
+    /// (leadership that moved away and back may have let another store
+    /// commit changes the decision never saw), and like `Write` if the
+    /// version moved. Last, so that logs written before it still decode.
+    WriteInTerm {
+        epoch: Epoch,
+        term: u64,
+        modifies: Vec<Modify>,
+    },
 }
 
 impl fmt::Display for RegionCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RegionCommand::Write { modifies, .. } => write!(f, "write({} changes)", modifies.len()),
+            RegionCommand::Write { modifies, .. } | RegionCommand::WriteInTerm { modifies, .. } => {
+                write!(f, "write({} changes)", modifies.len())
+            }
             RegionCommand::Split { keys, .. } => write!(f, "split({} keys)", keys.len()),
         }
     }
@@ -77,6 +89,8 @@ pub enum CommandResult {
         /// The Region as it is, `metapb::Region` encoded.
         region: Vec<u8>,
     },
+    /// A `WriteInTerm` met a log of another term: refused.
+    TermChanged,
 }
 
 openraft::declare_raft_types!(

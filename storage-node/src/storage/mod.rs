@@ -65,7 +65,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use shale_proto::kvrpcpb::{self, ApiVersion, IsolationLevel};
 
-use crate::engine::{Engine, EngineContext};
+use crate::engine::{Engine, EngineContext, Snapshot as _};
 use crate::keys::{check_v2_key, RAW_MODE_PREFIX, TXN_MODE_PREFIX};
 
 pub use concurrency_manager::ConcurrencyManager;
@@ -168,6 +168,7 @@ pub fn engine_context(ctx: Option<&kvrpcpb::Context>) -> EngineContext {
         region_id: ctx.region_id,
         conf_ver: epoch.conf_ver,
         version: epoch.version,
+        term: 0,
     }
 }
 
@@ -333,6 +334,11 @@ impl<E: Engine> Storage<E> {
         let snap = self.inner.engine.async_snapshot(ctx).await?;
         let mut txn = MvccTxn::new();
         let out = f(&MvccReader::new(&snap), &mut txn);
+        // Decided on this snapshot: valid only in the term it was taken in.
+        let ctx = &EngineContext {
+            term: snap.term(),
+            ..ctx.clone()
+        };
         drop(snap);
         let out = match split(out)? {
             Ok(v) => v,

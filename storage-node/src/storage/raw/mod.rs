@@ -422,6 +422,11 @@ impl<E: Engine> Storage<E> {
         let latches = self.inner.latches.acquire([key.as_slice()]).await;
         let snap = self.inner.engine.async_snapshot(&ectx).await?;
         let previous = self.raw_read(&snap, api, &req.key)?;
+        // Decided on this snapshot: valid only in the term it was taken in.
+        let ectx = EngineContext {
+            term: snap.term(),
+            ..ectx
+        };
         drop(snap);
         let succeed = match &previous {
             None => req.previous_not_exist,
