@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use parking_lot::RwLock;
 use shale_proto::metapb;
 use tokio::sync::mpsc;
 
@@ -55,19 +54,75 @@ impl MaxTsSync for NoTso {
 }
 
 /// A resolver over a lookup function (placement's GetStore), with a cache.
+///
+/// A store that could not be reached is looked up again, by one caller at
+/// most every refresh interval (a second): the hundred Regions
+/// that just failed to reach it would otherwise each ask placement at once.
+/// The others keep using the address last known.
 pub struct CachedResolver {
-    cache: RwLock<HashMap<u64, String>>,
+    cache: parking_lot::Mutex<HashMap<u64, CachedAddress>>,
+    refresh_interval: std::time::Duration,
     lookup: Arc<dyn Fn(u64) -> BoxFuture<'static, Result<String, String>> + Send + Sync>,
+}
+
+struct CachedAddress {
+    addr: String,
+    stale: bool,
+    /// When the last lookup was claimed or answered.
+    refreshed_at: std::time::Instant,
 }
 
 impl CachedResolver {
     pub fn new(
         lookup: Arc<dyn Fn(u64) -> BoxFuture<'static, Result<String, String>> + Send + Sync>,
     ) -> Arc<Self> {
+        Self::with_refresh_interval(lookup, std::time::Duration::from_secs(1))
+    }
+
+    pub fn with_refresh_interval(
+        lookup: Arc<dyn Fn(u64) -> BoxFuture<'static, Result<String, String>> + Send + Sync>,
+        refresh_interval: std::time::Duration,
+    ) -> Arc<Self> {
         Arc::new(CachedResolver {
-            cache: RwLock::default(),
+            cache: parking_lot::Mutex::default(),
+            refresh_interval,
             lookup,
         })
+    }
+
+    /// The cached address if it can be used as is; otherwise `None`, and
+    /// the caller is the one to look the store up.
+    fn cached_or_claim(&self, store_id: u64) -> Option<String> {
+        let mut cache = self.cache.lock();
+        let entry = cache.get_mut(&store_id)?;
+        if !entry.stale || entry.refreshed_at.elapsed() < self.refresh_interval {
+            return Some(entry.addr.clone());
+        }
+        entry.refreshed_at = std::time::Instant::now();
+        None
+    }
+
+    fn store_lookup(&self, store_id: u64, result: &Result<String, String>) -> Option<String> {
+        let mut cache = self.cache.lock();
+        match result {
+            Ok(addr) => {
+                cache.insert(
+                    store_id,
+                    CachedAddress {
+                        addr: addr.clone(),
+                        stale: false,
+                        refreshed_at: std::time::Instant::now(),
+                    },
+                );
+                Some(addr.clone())
+            }
+            Err(_) => {
+                // Keep what was known: placement may be the unreachable one.
+                let entry = cache.get_mut(&store_id)?;
+                entry.refreshed_at = std::time::Instant::now();
+                Some(entry.addr.clone())
+            }
+        }
     }
 }
 
@@ -75,17 +130,21 @@ impl StoreResolver for Arc<CachedResolver> {
     fn resolve(&self, store_id: u64) -> BoxFuture<'static, Result<String, String>> {
         let this = self.clone();
         Box::pin(async move {
-            if let Some(addr) = this.cache.read().get(&store_id) {
-                return Ok(addr.clone());
+            if let Some(addr) = this.cached_or_claim(store_id) {
+                return Ok(addr);
             }
-            let addr = (this.lookup)(store_id).await?;
-            this.cache.write().insert(store_id, addr.clone());
-            Ok(addr)
+            let result = (this.lookup)(store_id).await;
+            match this.store_lookup(store_id, &result) {
+                Some(addr) => Ok(addr),
+                None => result,
+            }
         })
     }
 
     fn invalidate(&self, store_id: u64) {
-        self.cache.write().remove(&store_id);
+        if let Some(entry) = self.cache.lock().get_mut(&store_id) {
+            entry.stale = true;
+        }
     }
 }
 
@@ -158,5 +217,71 @@ mod tests {
             .expect("a mark wakes the waiter")
             .expect("task");
         assert_eq!(taken.into_iter().collect::<Vec<_>>(), [9]);
+    }
+
+    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+    /// A resolver whose lookups are counted and answer `answer`, or fail
+    /// when it is empty.
+    fn counting_resolver(
+        answer: Arc<parking_lot::Mutex<String>>,
+    ) -> (Arc<CachedResolver>, Arc<std::sync::atomic::AtomicUsize>) {
+        let lookups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = lookups.clone();
+        let resolver = CachedResolver::with_refresh_interval(
+            Arc::new(move |_store_id| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = answer.lock().clone();
+                Box::pin(async move {
+                    if answer.is_empty() {
+                        Err("placement unavailable".to_string())
+                    } else {
+                        Ok(answer)
+                    }
+                })
+            }),
+            INTERVAL,
+        );
+        (resolver, lookups)
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_is_looked_up_again_once_per_interval() {
+        let answer = Arc::new(parking_lot::Mutex::new("10.0.0.1:20160".to_string()));
+        let (resolver, lookups) = counting_resolver(answer.clone());
+        let count = || lookups.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(resolver.resolve(4).await.as_deref(), Ok("10.0.0.1:20160"));
+        assert_eq!(resolver.resolve(4).await.as_deref(), Ok("10.0.0.1:20160"));
+        assert_eq!(count(), 1, "a known address is served from the cache");
+
+        // The store moved; the lookup was answered just now, so the next
+        // one waits for the interval and everyone keeps the old address.
+        *answer.lock() = "10.0.0.2:20160".to_string();
+        for _ in 0..100 {
+            resolver.invalidate(4);
+            assert_eq!(resolver.resolve(4).await.as_deref(), Ok("10.0.0.1:20160"));
+        }
+        assert_eq!(count(), 1);
+        tokio::time::sleep(INTERVAL).await;
+        for _ in 0..100 {
+            resolver.invalidate(4);
+            let _ = resolver.resolve(4).await;
+        }
+        assert_eq!(count(), 2, "one lookup per interval, however many callers");
+        assert_eq!(resolver.resolve(4).await.as_deref(), Ok("10.0.0.2:20160"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_keeps_the_last_known_address() {
+        let answer = Arc::new(parking_lot::Mutex::new(String::new()));
+        let (resolver, _lookups) = counting_resolver(answer.clone());
+        assert!(resolver.resolve(4).await.is_err(), "nothing known yet");
+        *answer.lock() = "10.0.0.1:20160".to_string();
+        assert_eq!(resolver.resolve(4).await.as_deref(), Ok("10.0.0.1:20160"));
+
+        answer.lock().clear();
+        tokio::time::sleep(INTERVAL).await;
+        resolver.invalidate(4);
+        assert_eq!(resolver.resolve(4).await.as_deref(), Ok("10.0.0.1:20160"));
     }
 }
