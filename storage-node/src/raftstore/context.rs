@@ -53,6 +53,9 @@ impl MaxTsSync for NoTso {
     }
 }
 
+/// Asks placement for a store's address.
+pub type StoreLookup = Arc<dyn Fn(u64) -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
 /// A resolver over a lookup function (placement's GetStore), with a cache.
 ///
 /// A store that could not be reached is looked up again, by one caller at
@@ -62,7 +65,7 @@ impl MaxTsSync for NoTso {
 pub struct CachedResolver {
     cache: parking_lot::Mutex<HashMap<u64, CachedAddress>>,
     refresh_interval: std::time::Duration,
-    lookup: Arc<dyn Fn(u64) -> BoxFuture<'static, Result<String, String>> + Send + Sync>,
+    lookup: StoreLookup,
 }
 
 struct CachedAddress {
@@ -73,14 +76,12 @@ struct CachedAddress {
 }
 
 impl CachedResolver {
-    pub fn new(
-        lookup: Arc<dyn Fn(u64) -> BoxFuture<'static, Result<String, String>> + Send + Sync>,
-    ) -> Arc<Self> {
+    pub fn new(lookup: StoreLookup) -> Arc<Self> {
         Self::with_refresh_interval(lookup, std::time::Duration::from_secs(1))
     }
 
     pub fn with_refresh_interval(
-        lookup: Arc<dyn Fn(u64) -> BoxFuture<'static, Result<String, String>> + Send + Sync>,
+        lookup: StoreLookup,
         refresh_interval: std::time::Duration,
     ) -> Arc<Self> {
         Arc::new(CachedResolver {
@@ -102,7 +103,7 @@ impl CachedResolver {
         None
     }
 
-    fn store_lookup(&self, store_id: u64, result: &Result<String, String>) -> Option<String> {
+    fn record_lookup(&self, store_id: u64, result: &Result<String, String>) -> Option<String> {
         let mut cache = self.cache.lock();
         match result {
             Ok(addr) => {
@@ -134,7 +135,7 @@ impl StoreResolver for Arc<CachedResolver> {
                 return Ok(addr);
             }
             let result = (this.lookup)(store_id).await;
-            match this.store_lookup(store_id, &result) {
+            match this.record_lookup(store_id, &result) {
                 Some(addr) => Ok(addr),
                 None => result,
             }

@@ -131,14 +131,15 @@ impl RegionPeerClient {
             .await
             .map_err(|e| match e {
                 TransportError::Remote(m) => (false, self.error(m)),
-                // The address may be wrong only if no connection could be
-                // made; a slow peer or an oversized message says nothing
-                // about where the store lives.
-                TransportError::Unreachable(m) => {
-                    self.ctx.resolver.invalidate(self.store_id);
-                    (true, self.error(format!("store unreachable: {m}")))
+                other => {
+                    // The address may be wrong only if no connection could
+                    // be made; a slow peer or an oversized message says
+                    // nothing about where the store lives.
+                    if matches!(other, TransportError::Unreachable(_)) {
+                        self.ctx.resolver.invalidate(self.store_id);
+                    }
+                    (true, self.error(other.to_string()))
                 }
-                other => (true, self.error(other.to_string())),
             })?;
         let result: Reply<Resp> = decode(&reply).map_err(|e| (false, self.error(e.to_string())))?;
         result.map_err(|m| (false, self.error(m)))
