@@ -36,3 +36,14 @@ say "Using $(cargo --version)"
 # so every checkout and CI run reuses them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shale-target}"
 say "Cargo target directory: $CARGO_TARGET_DIR"
+
+# Cargo never removes stale artifacts, and every checkout path, profile or
+# dependency change adds a full set: a target directory on a nearly full disk
+# is emptied (the next build starts cold) rather than failing halfway.
+min_free_gib="${SHALE_MIN_FREE_GIB:-25}"
+mkdir -p "$CARGO_TARGET_DIR"
+free_gib=$(( $(df -Pk "$CARGO_TARGET_DIR" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+if [ "$free_gib" -lt "$min_free_gib" ]; then
+  say "Only ${free_gib} GiB free on the disk of $CARGO_TARGET_DIR (want ${min_free_gib}): emptying it, the build starts cold"
+  rm -rf "${CARGO_TARGET_DIR:?}"/debug "${CARGO_TARGET_DIR:?}"/release
+fi

@@ -246,6 +246,75 @@ async fn killing_the_placement_leader_loses_nothing() -> Result<()> {
     Ok(())
 }
 
+/// The first timestamp some member hands out within `within`, and how long
+/// it took.
+async fn first_tso_from_any(
+    cluster: &Cluster,
+    cid: u64,
+    within: Duration,
+) -> Result<(u64, Duration)> {
+    let started = Instant::now();
+    loop {
+        for addr in &cluster.pd_addrs {
+            let attempt = tokio::time::timeout(Duration::from_secs(1), member_tso(addr, cid)).await;
+            if let Ok(Ok(ts)) = attempt {
+                return Ok((ts, started.elapsed()));
+            }
+        }
+        ensure!(
+            started.elapsed() < within,
+            "no placement member served a timestamp for {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A leader killed and restarted soon after (a crash-looping pod, an OOM
+/// kill), before, around or after the moment the others would elect, must
+/// not leave placement without a serving leader: whichever member leads
+/// afterwards hands out timestamps within a few election timeouts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_placement_leader_killed_and_restarted_soon_is_served_again_quickly() -> Result<()> {
+    let mut cluster = Cluster::start_replicated(3, 1, Some(STORE_CONFIG)).await?;
+    let logs = cluster.logs_on_failure();
+    let (_, header) = common::pd_stub(&cluster).await?;
+    let cid = header.cluster_id;
+    let client = Arc::new(txn_client(&cluster, Api::V1).await?);
+    let load = Load::start(client.clone(), 2, "bounce");
+    eventually(Duration::from_secs(30), "load running", || {
+        let n = load.acked_count();
+        async move { Ok(n >= 10) }
+    })
+    .await?;
+
+    // Elections start 1-2 s after the last heartbeat.
+    for (round, down) in [0, 1_200, 1_600, 2_500, 0].into_iter().enumerate() {
+        let leader = cluster.placement_leader().await.context("a leader")?;
+        let before = member_tso(&cluster.pd_addrs[leader], cid).await?;
+        let killed_at = Instant::now();
+        cluster.kill_placement_member(leader)?;
+        tokio::time::sleep(Duration::from_millis(down)).await;
+        cluster.restart_placement_member(leader).await?;
+        let restarted = killed_at.elapsed();
+        let (after, served) = first_tso_from_any(&cluster, cid, Duration::from_secs(15)).await?;
+        ensure!(after > before, "timestamp {after} not above {before}");
+        eprintln!(
+            "round {round}: leader {leader} killed and serving HTTP again after {restarted:?}, \
+             timestamps served {served:?} later"
+        );
+        let target = load.acked_count() + 10;
+        eventually(Duration::from_secs(30), "writes continue", || {
+            let n = load.acked_count();
+            async move { Ok(n >= target) }
+        })
+        .await?;
+    }
+    let result = load.stop().await?;
+    check_all_readable(&client, &result.acked).await?;
+    logs.disarm();
+    Ok(())
+}
+
 async fn member_tso(addr: &str, cluster_id: u64) -> Result<u64> {
     let mut pd = pdpb::pd_client::PdClient::new(common::channel(addr).await?);
     let request = pdpb::TsoRequest {
