@@ -5,9 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-# A full build and test run gains nothing from incremental state, which is
-# as large as the build itself.
-export CARGO_INCREMENTAL=0
 
 say "Checking formatting"
 cargo fmt --all -- --check
