@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 say "Checking formatting"
 cargo fmt --all -- --check
 
-say "Building all binaries (the end-to-end tests run them as real processes)"
-cargo build --workspace --bins
+# With the tests, so this and `cargo test` build one set of dependencies
+# (binaries alone resolve features without dev-dependencies, a second RocksDB).
+say "Building all binaries and tests (the end-to-end tests run the binaries as real processes)"
+cargo build --workspace --bins --tests
 
 say "Running clippy"
 cargo clippy --workspace --all-targets -- -D warnings
