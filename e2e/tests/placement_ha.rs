@@ -94,6 +94,16 @@ impl Load {
         self.acked.lock().len()
     }
 
+    /// Waits until `more` writes beyond those acknowledged so far are.
+    async fn wait_for_more_acks(&self, more: usize, within: Duration, what: &str) -> Result<()> {
+        let target = self.acked_count() + more;
+        eventually(within, what, || {
+            let n = self.acked_count();
+            async move { Ok(n >= target) }
+        })
+        .await
+    }
+
     /// When the first write after `since` was acknowledged.
     fn first_ack_after(&self, since: Instant) -> Option<Instant> {
         self.acked
@@ -176,11 +186,8 @@ async fn killing_the_placement_leader_loses_nothing() -> Result<()> {
     let logs = cluster.logs_on_failure();
     let client = Arc::new(txn_client(&cluster, Api::V1).await?);
     let load = Load::start(client.clone(), 2, "kill");
-    eventually(Duration::from_secs(30), "load running", || {
-        let n = load.acked_count();
-        async move { Ok(n >= 20) }
-    })
-    .await?;
+    load.wait_for_more_acks(20, Duration::from_secs(30), "load running")
+        .await?;
 
     let old = cluster.placement_leader().await.context("a leader")?;
     let killed_at = Instant::now();
@@ -194,12 +201,8 @@ async fn killing_the_placement_leader_loses_nothing() -> Result<()> {
     .await?;
     let resumed = load.first_ack_after(killed_at).context("resumed")? - killed_at;
     // Keep writing on the new leader for a while.
-    let target = load.acked_count() + 50;
-    eventually(Duration::from_secs(60), "writes continue", || {
-        let n = load.acked_count();
-        async move { Ok(n >= target) }
-    })
-    .await?;
+    load.wait_for_more_acks(50, Duration::from_secs(60), "writes continue")
+        .await?;
     let result = load.stop().await?;
     eprintln!(
         "placement leader killed: new leader after {elected:?}, writes resumed after {resumed:?}; \
@@ -281,11 +284,8 @@ async fn a_placement_leader_killed_and_restarted_soon_is_served_again_quickly() 
     let cid = header.cluster_id;
     let client = Arc::new(txn_client(&cluster, Api::V1).await?);
     let load = Load::start(client.clone(), 2, "bounce");
-    eventually(Duration::from_secs(30), "load running", || {
-        let n = load.acked_count();
-        async move { Ok(n >= 10) }
-    })
-    .await?;
+    load.wait_for_more_acks(10, Duration::from_secs(30), "load running")
+        .await?;
 
     // Elections start 1-2 s after the last heartbeat.
     for (round, down) in [0, 1_200, 1_600, 2_500, 0].into_iter().enumerate() {
@@ -302,12 +302,8 @@ async fn a_placement_leader_killed_and_restarted_soon_is_served_again_quickly() 
             "round {round}: leader {leader} killed and serving HTTP again after {restarted:?}, \
              timestamps served {served:?} later"
         );
-        let target = load.acked_count() + 10;
-        eventually(Duration::from_secs(30), "writes continue", || {
-            let n = load.acked_count();
-            async move { Ok(n >= target) }
-        })
-        .await?;
+        load.wait_for_more_acks(10, Duration::from_secs(30), "writes continue")
+            .await?;
     }
     let result = load.stop().await?;
     check_all_readable(&client, &result.acked).await?;
@@ -342,11 +338,8 @@ async fn an_isolated_placement_member_serves_no_timestamps() -> Result<()> {
     let cid = header.cluster_id;
     let client = Arc::new(txn_client(&cluster, Api::V1).await?);
     let load = Load::start(client.clone(), 1, "isolate");
-    eventually(Duration::from_secs(30), "load running", || {
-        let n = load.acked_count();
-        async move { Ok(n >= 10) }
-    })
-    .await?;
+    load.wait_for_more_acks(10, Duration::from_secs(30), "load running")
+        .await?;
 
     let old = cluster.placement_leader().await.context("a leader")?;
     let before = member_tso(&cluster.pd_addrs[old], cid).await?;
@@ -366,12 +359,8 @@ async fn an_isolated_placement_member_serves_no_timestamps() -> Result<()> {
         after > before,
         "majority's timestamp {after} not above {before}"
     );
-    let target = load.acked_count() + 20;
-    eventually(Duration::from_secs(60), "majority keeps serving", || {
-        let n = load.acked_count();
-        async move { Ok(n >= target) }
-    })
-    .await?;
+    load.wait_for_more_acks(20, Duration::from_secs(60), "majority keeps serving")
+        .await?;
 
     // Healing: one leader again, the old one follows.
     cluster.isolate_placement_member(old, false).await?;
