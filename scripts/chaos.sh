@@ -38,7 +38,7 @@ done
 
 . scripts/setup.sh
 say "Building the servers and the test (debug)"
-cargo build --workspace --bins
+cargo build --workspace --bins --tests
 cargo test --workspace --test chaos --no-run
 
 mkdir -p "$keep"

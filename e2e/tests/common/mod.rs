@@ -204,11 +204,33 @@ pub async fn tikv_stub(addr: &str) -> Result<TikvClient<Channel>> {
 
 /// A pdpb stub on the placement leader (found through any member).
 pub async fn pd_stub(cluster: &Cluster) -> Result<(PdClient<Channel>, pdpb::RequestHeader)> {
-    let mut pd = PdClient::new(channel(&cluster.pd_addr).await?);
-    let members = pd
-        .get_members(pdpb::GetMembersRequest::default())
-        .await?
-        .into_inner();
+    let (leader_addr, header) = placement_leader_addr(cluster).await?;
+    Ok((PdClient::new(channel(&leader_addr).await?), header))
+}
+
+/// The placement leader's gRPC address and a request header with the
+/// cluster id, asked of each member in turn (a member may be down, paused
+/// or cut off while a test injects faults).
+async fn placement_leader_addr(cluster: &Cluster) -> Result<(String, pdpb::RequestHeader)> {
+    let mut last_error = None;
+    for addr in &cluster.pd_addrs {
+        match leader_from_member(addr).await {
+            Ok(found) => return Ok(found),
+            Err(e) => last_error = Some(e.context(format!("asking placement member {addr}"))),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("the cluster has no placement member")))
+}
+
+async fn leader_from_member(addr: &str) -> Result<(String, pdpb::RequestHeader)> {
+    let mut pd = PdClient::new(channel(addr).await?);
+    let members = tokio::time::timeout(
+        Duration::from_secs(3),
+        pd.get_members(pdpb::GetMembersRequest::default()),
+    )
+    .await
+    .context("GetMembers timed out")??
+    .into_inner();
     let cluster_id = members.header.map(|h| h.cluster_id).unwrap_or_default();
     if cluster_id == 0 {
         bail!("placement GetMembers returned no cluster id");
@@ -217,15 +239,11 @@ pub async fn pd_stub(cluster: &Cluster) -> Result<(PdClient<Channel>, pdpb::Requ
         .leader
         .and_then(|l| l.client_urls.into_iter().next())
         .context("placement has no leader")?;
-    let leader_addr = leader_url.trim_start_matches("http://");
-    if leader_addr != cluster.pd_addr {
-        pd = PdClient::new(channel(leader_addr).await?);
-    }
     let header = pdpb::RequestHeader {
         cluster_id,
         sender_id: 0,
     };
-    Ok((pd, header))
+    Ok((leader_url.trim_start_matches("http://").to_string(), header))
 }
 
 /// Placement's GC safe point (pdpb GetGCSafePoint).
@@ -245,8 +263,8 @@ pub async fn gc_safe_point(cluster: &Cluster) -> Result<u64> {
 
 /// The id placement gives the DEFAULT keyspace (what API V2 clients use).
 pub async fn default_keyspace_id(cluster: &Cluster) -> Result<u32> {
-    let (_, header) = pd_stub(cluster).await?;
-    let mut ks = KeyspaceClient::new(channel(&cluster.pd_addr).await?);
+    let (leader_addr, header) = placement_leader_addr(cluster).await?;
+    let mut ks = KeyspaceClient::new(channel(&leader_addr).await?);
     let resp = ks
         .load_keyspace(shale_proto::keyspacepb::LoadKeyspaceRequest {
             header: Some(header),
