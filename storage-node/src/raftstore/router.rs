@@ -365,6 +365,12 @@ impl Router {
         if let Some(v2) = response.change_peer_v2 {
             changes.extend(v2.changes);
         }
+        // Placement hears at once of a membership that changed; a command
+        // refused or still running is asked again at the next periodic
+        // heartbeat, not at once (an immediate heartbeat would bring the same
+        // command straight back: while a new learner catches up, every
+        // re-sent step is refused and the loop spins).
+        let mut membership_changed = false;
         for change in changes {
             let Some(target) = change.peer else {
                 continue;
@@ -391,12 +397,15 @@ impl Router {
                 Err(_) => Err(format!("unknown change type {}", change.change_type)),
             };
             match result {
-                Ok(()) => tracing::info!(
-                    region_id,
-                    peer = target.id,
-                    store = target.store_id,
-                    "membership change done"
-                ),
+                Ok(()) => {
+                    membership_changed = true;
+                    tracing::info!(
+                        region_id,
+                        peer = target.id,
+                        store = target.store_id,
+                        "membership change done"
+                    )
+                }
                 Err(e) => {
                     tracing::warn!(region_id, peer = target.id, "membership change failed: {e}")
                 }
@@ -409,7 +418,10 @@ impl Router {
                 }
             }
         }
-        self.ctx.changed_regions.mark(region_id);
+        // A leader transfer is reported by the new leader (its new term).
+        if membership_changed {
+            self.ctx.changed_regions.mark(region_id);
+        }
     }
 
     /// Stops every replica (store shutdown).

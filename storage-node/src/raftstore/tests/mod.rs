@@ -419,6 +419,99 @@ fn command(
     }
 }
 
+/// Region ids marked for an immediate heartbeat within `wait`, taking them.
+async fn marked_within(router: &Router, wait: Duration) -> Vec<u64> {
+    tokio::time::timeout(wait, router.context().changed_regions.take())
+        .await
+        .map(|ids| ids.into_iter().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_scheduling_command_waits_for_the_next_periodic_heartbeat() {
+    use shale_proto::{eraftpb::ConfChangeType, pdpb};
+    let (_resolver, stores) = three_stores().await;
+    let refs: Vec<&TestStore> = stores.iter().collect();
+    let leader = leader_of(&refs, 1).await;
+    let router = &stores[leader].router;
+    // Whatever start-up marked (a new leader term) is reported first.
+    for _ in 0..10 {
+        if marked_within(router, Duration::from_millis(300))
+            .await
+            .is_empty()
+        {
+            break;
+        }
+    }
+    let epoch = router.peer(1).unwrap().region().region_epoch.unwrap();
+    let follower = (leader + 1) % 3;
+    let follower_peer = metapb::Peer {
+        id: 101 + follower as u64,
+        store_id: stores[follower].store_id,
+        ..Default::default()
+    };
+
+    // Refused: an unknown change and a transfer to a peer of no replica.
+    // An immediate heartbeat would bring placement's same command back at
+    // once, again and again.
+    router
+        .handle_command(pdpb::RegionHeartbeatResponse {
+            change_peer: Some(pdpb::ChangePeer {
+                peer: Some(follower_peer.clone()),
+                change_type: 99,
+            }),
+            transfer_leader: Some(pdpb::TransferLeader {
+                peer: Some(metapb::Peer {
+                    id: 999,
+                    store_id: 999,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..command(1, epoch)
+        })
+        .await;
+    assert_eq!(
+        marked_within(router, Duration::from_millis(500)).await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(router.peer(1).unwrap().region().peers.len(), 3);
+
+    // Done: placement hears of the new membership at once (from whichever
+    // replica leads by then; a busy machine may move leadership).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "a follower was never removed");
+        let leader = leader_of(&refs, 1).await;
+        let router = &stores[leader].router;
+        let region = router.peer(1).unwrap().region();
+        if region.peers.len() == 2 {
+            assert!(marked_within(router, Duration::from_millis(500))
+                .await
+                .contains(&1));
+            break;
+        }
+        let follower = region
+            .peers
+            .iter()
+            .find(|p| p.store_id != stores[leader].store_id)
+            .cloned();
+        router
+            .handle_command(pdpb::RegionHeartbeatResponse {
+                change_peer: Some(pdpb::ChangePeer {
+                    peer: follower,
+                    change_type: ConfChangeType::RemoveNode as i32,
+                }),
+                ..command(1, region.region_epoch.unwrap())
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for s in &stores {
+        s.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduling_commands_with_a_stale_epoch_are_refused() {
     use shale_proto::{eraftpb::ConfChangeType, pdpb};
