@@ -51,7 +51,7 @@ for ((i = 0; i < seeds; i++)); do
     SHALE_CHAOS_PLACEMENT="$placement" \
     SHALE_E2E_KEEP_LOGS="$keep" \
     cargo test --workspace --test chaos -- --ignored --nocapture >"$log" 2>&1; then
-    grep -a -E '^chaos: faults|longest time without|^shale check: no anomalies' "$log" || true
+    grep -a -E '^chaos: faults|^chaos: no write|longest time without|^shale check: no anomalies|kept in' "$log" || true
     rm -f "$log"
   else
     grep -a -E '^chaos: faults|^ANOMALY|longest time without|kept in' "$log" || true

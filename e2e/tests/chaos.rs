@@ -490,6 +490,34 @@ async fn chaos_keeps_every_invariant() -> Result<()> {
         }
         bail!("shale check failed ({status}) with seed {seed}; see its output above");
     }
-    logs.disarm();
+    // A long stretch without any acknowledged write is an availability
+    // problem, not an anomaly: the run passes, the logs are kept to find it.
+    match longest_write_gap(&output) {
+        Some(gap) if gap > LONG_WRITE_GAP => println!(
+            "chaos: no write was acknowledged for {gap:?} (over {LONG_WRITE_GAP:?}); server logs kept"
+        ),
+        _ => logs.disarm(),
+    }
     Ok(())
+}
+
+/// Longer than any single fault is held, with room for the elections after.
+const LONG_WRITE_GAP: Duration = Duration::from_secs(20);
+
+/// The gap `shale check` reports ("longest time without an acknowledged
+/// write 4.9s ...").
+fn longest_write_gap(output: &str) -> Option<Duration> {
+    let (_, rest) = output.split_once("longest time without an acknowledged write ")?;
+    let seconds: f64 = rest.split_once('s')?.0.parse().ok()?;
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+#[test]
+fn the_write_gap_is_read_from_the_checks_summary() {
+    let summary = "shale check: 1380 writes acknowledged, longest time without an acknowledged write 56.1s (from 10.0s to 66.1s into the check)\n";
+    assert_eq!(
+        longest_write_gap(summary),
+        Some(Duration::from_millis(56_100))
+    );
+    assert_eq!(longest_write_gap("shale check: no anomalies"), None);
 }

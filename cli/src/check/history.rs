@@ -108,14 +108,14 @@ impl Report {
 
     /// The longest time no write was acknowledged, between the start of
     /// the check and the end of the workloads.
-    pub fn longest_write_gap(&self) -> Duration {
+    pub fn longest_write_gap(&self) -> Gap {
         let mut writes = self.writes.lock().clone();
         writes.sort_unstable();
         let end = self
             .workload_end_us
             .lock()
             .unwrap_or_else(|| self.clock.now_us());
-        Duration::from_micros(longest_gap(&writes, end))
+        longest_gap(&writes, end)
     }
 
     /// Prints the summary and decides the verdict.
@@ -123,9 +123,12 @@ impl Report {
         let anomalies = self.anomalies.lock().clone();
         let unverified = self.unverified.lock().clone();
         let writes = self.writes.lock().len();
+        let gap = self.longest_write_gap();
         println!(
-            "shale check: {writes} writes acknowledged, longest time without an acknowledged write {:.1}s",
-            self.longest_write_gap().as_secs_f64()
+            "shale check: {writes} writes acknowledged, longest time without an acknowledged write {:.1}s (from {:.1}s to {:.1}s into the check)",
+            gap.length().as_secs_f64(),
+            gap.from_us as f64 / 1e6,
+            gap.to_us as f64 / 1e6,
         );
         if !anomalies.is_empty() {
             println!("shale check: {} ANOMALIES:", anomalies.len());
@@ -144,14 +147,36 @@ impl Report {
 
 /// The longest gap between consecutive `times` (sorted), counting from 0
 /// and up to `end`.
-pub fn longest_gap(times: &[u64], end: u64) -> u64 {
+/// A stretch of the check's clock (microseconds) with no acknowledged write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub from_us: u64,
+    pub to_us: u64,
+}
+
+impl Gap {
+    pub fn length(&self) -> Duration {
+        Duration::from_micros(self.to_us - self.from_us)
+    }
+}
+
+/// The longest stretch between 0, the sorted `times` and `end`.
+pub fn longest_gap(times: &[u64], end: u64) -> Gap {
     let mut last = 0;
-    let mut longest = 0;
-    for &t in times {
-        longest = longest.max(t.saturating_sub(last));
+    let mut longest = Gap {
+        from_us: 0,
+        to_us: 0,
+    };
+    for &t in times.iter().chain(std::iter::once(&end)) {
+        if t.saturating_sub(last) > longest.to_us - longest.from_us {
+            longest = Gap {
+                from_us: last,
+                to_us: t,
+            };
+        }
         last = last.max(t);
     }
-    longest.max(end.saturating_sub(last))
+    longest
 }
 
 /// When an operation ran, on the check's clock.
@@ -218,9 +243,11 @@ mod tests {
 
     #[test]
     fn gaps_count_from_the_start_and_to_the_end() {
-        assert_eq!(longest_gap(&[], 50), 50);
-        assert_eq!(longest_gap(&[10, 12, 40], 45), 28);
-        assert_eq!(longest_gap(&[5, 6], 100), 94);
+        let gap = |from_us, to_us| Gap { from_us, to_us };
+        assert_eq!(longest_gap(&[], 50), gap(0, 50));
+        assert_eq!(longest_gap(&[10, 12, 40], 45), gap(12, 40));
+        assert_eq!(longest_gap(&[5, 6], 100), gap(6, 100));
+        assert_eq!(longest_gap(&[30, 31], 20), gap(0, 30));
     }
 
     #[test]
