@@ -117,14 +117,19 @@ struct Chaos<'a> {
     netfilter: Option<Netfilter>,
     counts: BTreeMap<Fault, usize>,
     started: Instant,
+    /// Every fault line, also written to `chaos.log` beside the servers'
+    /// logs so that kept logs carry the timeline.
+    journal: Vec<String>,
 }
 
 impl Chaos<'_> {
-    fn log(&self, what: String) {
-        println!(
+    fn log(&mut self, what: String) {
+        let line = format!(
             "[chaos +{:>5.1}s] {what}",
             self.started.elapsed().as_secs_f64()
         );
+        println!("{line}");
+        self.journal.push(line);
     }
 
     async fn random_server(&mut self) -> Server {
@@ -447,6 +452,7 @@ async fn chaos_keeps_every_invariant() -> Result<()> {
         cluster: &mut cluster,
         counts: BTreeMap::new(),
         started,
+        journal: Vec::new(),
     };
     // Faults until shortly before the workloads stop, so that the check's
     // last writes and its verification meet a healed cluster.
@@ -467,7 +473,12 @@ async fn chaos_keeps_every_invariant() -> Result<()> {
     }
     chaos.heal_all().await?;
     let counts = std::mem::take(&mut chaos.counts);
+    let journal = std::mem::take(&mut chaos.journal);
     drop(chaos);
+    std::fs::write(
+        cluster.dir.path().join("chaos.log"),
+        journal.join("\n") + "\n",
+    )?;
     result?;
     println!("chaos: faults injected {counts:?}");
 
