@@ -382,6 +382,14 @@ fn raft_config(config: &Config) -> Result<Arc<openraft::Config>, NodeError> {
         // follower "going back" and must restart its probe instead of
         // asserting.
         allow_log_reversion: Some(true),
+        // A restarted leader stands for election like any replica (standard
+        // Raft). Resuming its old term without one is unsafe here: applies
+        // and the committed index are written without fsync (the log is
+        // synced), so after a machine crash a resumed leader could serve
+        // reads from a state machine behind what it had acknowledged
+        // (openraft documents this combination). Placement syncs its
+        // applies and keeps leader restore.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()
