@@ -22,6 +22,7 @@
 
 mod bank;
 mod history;
+mod locks;
 mod mvcc;
 mod raw;
 mod register;
@@ -95,6 +96,36 @@ pub struct Env {
 }
 
 impl Env {
+    /// Clients for the cluster `args` names, and the key space of run `run_id`.
+    pub async fn connect(args: &Args, seed: u64, run_id: &str) -> Result<Env> {
+        let config = if args.keyspace {
+            Config::default().with_default_keyspace()
+        } else {
+            Config::default()
+        };
+        let endpoints = args.placement.pd.join(",");
+        let txn = TransactionClient::new_with_config(args.placement.pd.clone(), config.clone())
+            .await
+            .with_context(|| format!("connecting a transaction client to {endpoints}"))?;
+        let raw = RawClient::new_with_config(args.placement.pd.clone(), config)
+            .await
+            .with_context(|| format!("connecting a raw client to {endpoints}"))?
+            .with_atomic_for_cas();
+        let mvcc = mvcc::MvccClient::connect(args.placement.pd.clone(), args.keyspace).await?;
+        Ok(Env {
+            txn,
+            raw,
+            mvcc,
+            txn_prefix: format!("{}/{run_id}/", args.prefix).into_bytes(),
+            raw_prefix: format!("{}-raw/{run_id}/", args.prefix).into_bytes(),
+            seed,
+            concurrency: args.concurrency.max(1),
+            run_for: Duration::from_secs(args.seconds),
+            verify_timeout: Duration::from_secs(args.verify_timeout),
+            report: Report::new(),
+        })
+    }
+
     /// The transactional key `<prefix>/<run>/<name>`.
     pub fn txn_key(&self, name: &str) -> Vec<u8> {
         let mut k = self.txn_prefix.clone();
@@ -104,26 +135,41 @@ impl Env {
 
     /// Resolves the locks in the check's transactional range of
     /// transactions that started more than `older_than` ago, as a GC worker
-    /// does (`cleanup_locks`: an async-commit lock is committed when all its
-    /// keys are locked, rolled back otherwise). tikv-client's readers never
-    /// resolve an async-commit lock whose writer vanished (a failed commit
-    /// of unknown outcome must not roll back); without this they would be
-    /// blocked until the cluster's GC does it.
-    pub async fn cleanup_locks(&self, older_than: Duration) -> tikv_client::Result<()> {
+    /// does. tikv-client's readers never resolve an async-commit lock whose
+    /// writer vanished (a failed commit of unknown outcome must not roll
+    /// back); without this they would be blocked until the cluster's GC
+    /// does it. 2PC locks go through tikv-client's `resolve_locks` (what
+    /// its readers do), async-commit ones through [`locks`] (tikv-client's
+    /// `cleanup_locks` decides those wrongly).
+    pub async fn cleanup_locks(&self, older_than: Duration) -> anyhow::Result<()> {
         let now = self.txn.current_timestamp().await?;
         let cutoff = now
             .version()
             .saturating_sub((older_than.as_millis() as u64) << 18);
         let safepoint = tikv_client::Timestamp::from_version(cutoff);
         let range = self.txn_prefix.clone()..prefix_end(&self.txn_prefix);
-        self.txn
-            .cleanup_locks(
-                range,
-                &safepoint,
-                tikv_client::transaction::ResolveLocksOptions::default(),
-            )
-            .await?;
-        Ok(())
+        let found = self.txn.scan_locks(&safepoint, range, 4096).await?;
+        let (async_commit, two_pc): (Vec<_>, Vec<_>) =
+            found.into_iter().partition(|l| l.use_async_commit);
+        let async_commit: Vec<locks::ScannedLock> = async_commit
+            .into_iter()
+            .map(|l| locks::ScannedLock {
+                key: l.key,
+                primary: l.primary_lock,
+                start_ts: l.lock_version,
+            })
+            .collect();
+        if !two_pc.is_empty() {
+            self.txn
+                .resolve_locks(two_pc, now.clone(), tikv_client::Backoff::no_backoff())
+                .await?;
+        }
+        let result =
+            locks::resolve_async_commit_locks(&self.mvcc, &async_commit, now.version()).await;
+        if result.is_err() {
+            self.mvcc.reset_routes().await;
+        }
+        result.map(|_| ())
     }
 
     /// The raw key `<prefix>-raw/<run>/<name>`.
@@ -194,32 +240,8 @@ pub async fn check(mut args: Args) -> Result<Verdict> {
         );
     }
     let run_id = format!("{seed}-{}", unix_ms());
-    let config = if args.keyspace {
-        Config::default().with_default_keyspace()
-    } else {
-        Config::default()
-    };
+    let env = Arc::new(Env::connect(&args, seed, &run_id).await?);
     let endpoints = args.placement.pd.join(",");
-    let txn = TransactionClient::new_with_config(args.placement.pd.clone(), config.clone())
-        .await
-        .with_context(|| format!("connecting a transaction client to {endpoints}"))?;
-    let raw = RawClient::new_with_config(args.placement.pd.clone(), config)
-        .await
-        .with_context(|| format!("connecting a raw client to {endpoints}"))?
-        .with_atomic_for_cas();
-    let mvcc = mvcc::MvccClient::connect(args.placement.pd.clone(), args.keyspace).await?;
-    let env = Arc::new(Env {
-        txn,
-        raw,
-        mvcc,
-        txn_prefix: format!("{}/{run_id}/", args.prefix).into_bytes(),
-        raw_prefix: format!("{}-raw/{run_id}/", args.prefix).into_bytes(),
-        seed,
-        concurrency: args.concurrency.max(1),
-        run_for: Duration::from_secs(args.seconds),
-        verify_timeout: Duration::from_secs(args.verify_timeout),
-        report: Report::new(),
-    });
     println!(
         "shale check: seed {seed}, run {run_id}, {}s of {:?} with {} clients each, against {endpoints}{}",
         args.seconds,

@@ -107,6 +107,14 @@ impl MvccClient {
         }
     }
 
+    /// A transactional key as the check knows it, from its wire form.
+    pub fn txn_key_of_wire(&self, wire: &[u8]) -> Vec<u8> {
+        match self.api {
+            ApiVersion::V2 => wire.get(4..).unwrap_or_default().to_vec(),
+            _ => wire.to_vec(),
+        }
+    }
+
     /// Where placement routes the raw key `key` now (for anomaly reports).
     pub async fn describe_raw(&self, key: &[u8]) -> String {
         let wire = self.wire_key(b'r', key);
@@ -141,10 +149,7 @@ impl MvccClient {
                     )))
                 }
                 Err(_) => {
-                    let mut route = self.state.lock().await;
-                    route.pd = None;
-                    route.stores.clear();
-                    drop(route);
+                    self.reset_routes().await;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
@@ -152,18 +157,36 @@ impl MvccClient {
         }
     }
 
-    async fn try_history(&self, key: &[u8]) -> Result<KeyHistory> {
+    /// The request context and a stub for the leader of the Region holding
+    /// the transactional key `key`, and `key` as the wire carries it.
+    pub async fn route_txn_key(
+        &self,
+        key: &[u8],
+    ) -> Result<(kvrpcpb::Context, TikvClient<Channel>, Vec<u8>)> {
         let wire = self.wire_key(b'x', key);
-        let (region, leader, mut stub) = self.locate(&encode_bytes(&wire)).await?;
+        let (region, leader, stub) = self.locate(&encode_bytes(&wire)).await?;
+        let context = kvrpcpb::Context {
+            region_id: region.id,
+            region_epoch: region.region_epoch,
+            peer: Some(leader),
+            api_version: self.api as i32,
+            keyspace_id: self.keyspace_id,
+            ..Default::default()
+        };
+        Ok((context, stub, wire))
+    }
+
+    /// Forgets the cached placement connection and stores (after an error).
+    pub async fn reset_routes(&self) {
+        let mut route = self.state.lock().await;
+        route.pd = None;
+        route.stores.clear();
+    }
+
+    async fn try_history(&self, key: &[u8]) -> Result<KeyHistory> {
+        let (context, mut stub, wire) = self.route_txn_key(key).await?;
         let req = kvrpcpb::MvccGetByKeyRequest {
-            context: Some(kvrpcpb::Context {
-                region_id: region.id,
-                region_epoch: region.region_epoch,
-                peer: Some(leader),
-                api_version: self.api as i32,
-                keyspace_id: self.keyspace_id,
-                ..Default::default()
-            }),
+            context: Some(context),
             key: wire,
         };
         let resp = tokio::time::timeout(Duration::from_secs(5), stub.mvcc_get_by_key(req))

@@ -99,10 +99,11 @@ pub async fn run(env: &Env) -> Result<()> {
 }
 
 /// Retries `f` until it succeeds or the verification time is up.
-async fn patiently<T, F, Fut>(env: &Env, what: &str, mut f: F) -> Option<T>
+async fn patiently<T, E, F, Fut>(env: &Env, what: &str, mut f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = tikv_client::Result<T>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
 {
     let deadline = Instant::now() + env.verify_timeout;
     loop {
@@ -281,7 +282,9 @@ pub async fn verify_txn_range(env: &Env) {
             let (range, ts) = (range.clone(), ts.clone());
             async move {
                 let mut snapshot = client.snapshot(ts, TxnMode::TwoPhase.options());
-                Ok(snapshot.scan(range, PAGE).await?.collect::<Vec<KvPair>>())
+                Ok::<_, tikv_client::Error>(
+                    snapshot.scan(range, PAGE).await?.collect::<Vec<KvPair>>(),
+                )
             }
         })
         .await
