@@ -457,7 +457,7 @@ async fn a_refused_scheduling_command_waits_for_the_next_periodic_heartbeat() {
     router
         .handle_command(pdpb::RegionHeartbeatResponse {
             change_peer: Some(pdpb::ChangePeer {
-                peer: Some(follower_peer.clone()),
+                peer: Some(follower_peer),
                 change_type: 99,
             }),
             transfer_leader: Some(pdpb::TransferLeader {
