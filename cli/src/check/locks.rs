@@ -1,18 +1,23 @@
-//! Async-commit lock resolution for the check's janitor, decided as TiKV's
-//! Go client decides it, not with tikv-client 0.4's `cleanup_locks`. That
-//! one takes an async-commit transaction's commit_ts from its secondaries'
+//! Lock resolution for the check's janitor, decided as TiKV's Go client
+//! decides it for a GC, not with tikv-client 0.4. Its `cleanup_locks`
+//! takes an async-commit transaction's commit_ts from its secondaries'
 //! locks alone: a single-key transaction (no secondaries) gets commit_ts 0
 //! and is rolled back although it committed, and a larger one can be
-//! committed below its primary's min_commit_ts. (`shale check` found it: an
-//! acknowledged single-key async-commit write whose background commit had
-//! failed was rolled back by the janitor ten seconds later.)
+//! committed below its primary's min_commit_ts. (`shale check` found it:
+//! an acknowledged single-key async-commit write whose background commit
+//! had failed was rolled back by the janitor ten seconds later.) Its
+//! `resolve_locks` fails for good on a lock whose primary was never
+//! written (the TxnNotFound it gets comes wrapped in a form it does not
+//! recognise, so it never retries with `rollback_if_not_exist`).
 //!
-//! A transaction whose primary is still locked is decided by its
-//! secondaries (CheckSecondaryLocks): one committed gives its commit_ts;
-//! one not locked means the transaction cannot have committed (the store
-//! leaves a rollback record there, so no late prewrite can land) and it is
-//! rolled back; all locked means it committed at the largest min_commit_ts
-//! of all its keys, the primary's included.
+//! Each transaction is decided by its primary (CheckTxnStatus, rolling back
+//! a lock that is not async-commit, expired or not, as a GC does). An
+//! async-commit primary still locked is decided by its secondaries
+//! (CheckSecondaryLocks): one committed gives its commit_ts; one not locked
+//! means the transaction cannot have committed (the store leaves a rollback
+//! record there, so no late prewrite can land) and it is rolled back; all
+//! locked means it committed at the largest min_commit_ts of all its keys,
+//! the primary's included.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -69,21 +74,19 @@ pub enum SecondaryState {
     Missing,
 }
 
-/// An async-commit lock found by a scan (keys without the keyspace
-/// prefix, as tikv-client's `scan_locks` returns them).
+/// A lock found by a scan (keys without the keyspace prefix, as
+/// tikv-client's `scan_locks` returns them).
 #[derive(Debug, Clone)]
 pub struct ScannedLock {
     pub key: Vec<u8>,
     pub primary: Vec<u8>,
     pub start_ts: u64,
+    /// A pessimistic lock not yet prewritten.
+    pub pessimistic: bool,
 }
 
-/// Resolves async-commit locks; returns how many transactions were decided.
-pub async fn resolve_async_commit_locks(
-    mvcc: &MvccClient,
-    locks: &[ScannedLock],
-    current_ts: u64,
-) -> Result<usize> {
+/// Resolves the transactions of `locks`; returns how many were decided.
+pub async fn resolve_locks(mvcc: &MvccClient, locks: &[ScannedLock]) -> Result<usize> {
     let mut by_txn: BTreeMap<u64, Vec<&ScannedLock>> = BTreeMap::new();
     for lock in locks {
         by_txn.entry(lock.start_ts).or_default().push(lock);
@@ -92,7 +95,12 @@ pub async fn resolve_async_commit_locks(
     for (start_ts, txn_locks) in by_txn {
         let primary_key = txn_locks[0].primary.clone();
         let mut keys: Vec<Vec<u8>> = txn_locks.iter().map(|l| l.key.clone()).collect();
-        let commit_ts = match primary_status(mvcc, &primary_key, start_ts, current_ts).await? {
+        // Only pessimistic locks seen: a primary that is gone may be left so
+        // (TiKV's `resolving_pessimistic_lock`); with a prewritten lock seen,
+        // a missing primary gets a rollback record, so no late prewrite of
+        // it can commit what its secondaries no longer hold.
+        let pessimistic = txn_locks.iter().all(|l| l.pessimistic);
+        let commit_ts = match primary_status(mvcc, &primary_key, start_ts, pessimistic).await? {
             PrimaryStatus::Committed(ts) => ts,
             PrimaryStatus::RolledBack => 0,
             PrimaryStatus::Locked(primary) => {
@@ -137,11 +145,13 @@ enum PrimaryStatus {
     Locked(kvrpcpb::LockInfo),
 }
 
+/// The primary's state; a lock that is not async-commit is rolled back,
+/// expired or not (`current_ts` at its maximum, as for a GC).
 async fn primary_status(
     mvcc: &MvccClient,
     primary: &[u8],
     start_ts: u64,
-    current_ts: u64,
+    pessimistic: bool,
 ) -> Result<PrimaryStatus> {
     let (context, mut stub, wire) = mvcc.route_txn_key(primary).await?;
     let req = kvrpcpb::CheckTxnStatusRequest {
@@ -149,10 +159,10 @@ async fn primary_status(
         primary_key: wire,
         lock_ts: start_ts,
         caller_start_ts: 0,
-        current_ts,
+        current_ts: u64::MAX,
         rollback_if_not_exist: true,
         force_sync_commit: false,
-        resolving_pessimistic_lock: false,
+        resolving_pessimistic_lock: pessimistic,
         verify_is_primary: true,
         ..Default::default()
     };
@@ -171,8 +181,7 @@ async fn primary_status(
     }
     match resp.lock_info {
         Some(lock) => Ok(PrimaryStatus::Locked(lock)),
-        None if resp.lock_ttl == 0 => Ok(PrimaryStatus::RolledBack),
-        None => bail!("CheckTxnStatus: a live lock without its lock info"),
+        None => Ok(PrimaryStatus::RolledBack),
     }
 }
 
@@ -269,35 +278,85 @@ mod cluster_tests {
         Env::connect(&args, 1, "locks").await
     }
 
-    /// Prewrites `key` alone with async commit and never commits it (a
-    /// writer whose commit failed after the client acknowledged); returns
-    /// (start_ts, min_commit_ts).
-    async fn lone_async_commit_lock(env: &Env, key: &[u8]) -> Result<(u64, u64)> {
-        let start_ts = tikv_client::TimestampExt::version(&env.txn.current_timestamp().await?);
-        let (context, mut stub, wire) = env.mvcc.route_txn_key(key).await?;
-        let resp = stub
-            .kv_prewrite(kvrpcpb::PrewriteRequest {
-                context: Some(context),
-                mutations: vec![kvrpcpb::Mutation {
-                    op: kvrpcpb::Op::Put as i32,
-                    key: wire.clone(),
-                    value: b"acknowledged".to_vec(),
+    /// Prewrites `key` (a Put of `value`) for `start_ts` with `primary` as
+    /// its primary and never commits it, retrying Region errors as a
+    /// client does (a fresh cluster's leader may not serve at once).
+    /// Returns the lock's min_commit_ts.
+    async fn prewrite_only(
+        env: &Env,
+        key: &[u8],
+        primary: &[u8],
+        start_ts: u64,
+        async_commit: bool,
+    ) -> Result<u64> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (context, mut stub, wire) = env.mvcc.route_txn_key(key).await?;
+            let (_, _, primary_wire) = env.mvcc.route_txn_key(primary).await?;
+            let resp = stub
+                .kv_prewrite(kvrpcpb::PrewriteRequest {
+                    context: Some(context),
+                    mutations: vec![kvrpcpb::Mutation {
+                        op: kvrpcpb::Op::Put as i32,
+                        key: wire,
+                        value: b"acknowledged".to_vec(),
+                        ..Default::default()
+                    }],
+                    primary_lock: primary_wire,
+                    start_version: start_ts,
+                    lock_ttl: 100,
+                    use_async_commit: async_commit,
                     ..Default::default()
-                }],
-                primary_lock: wire,
-                start_version: start_ts,
-                lock_ttl: 100,
-                use_async_commit: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        anyhow::ensure!(
-            resp.region_error.is_none() && resp.errors.is_empty(),
-            "prewrite: {resp:?}"
+                })
+                .await?
+                .into_inner();
+            if resp.region_error.is_some() && std::time::Instant::now() < deadline {
+                env.mvcc.reset_routes().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            anyhow::ensure!(
+                resp.region_error.is_none() && resp.errors.is_empty(),
+                "prewrite: {resp:?}"
+            );
+            return Ok(resp.min_commit_ts);
+        }
+    }
+
+    async fn timestamp(env: &Env) -> Result<u64> {
+        Ok(tikv_client::TimestampExt::version(
+            &env.txn.current_timestamp().await?,
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_janitor_rolls_back_a_lock_whose_primary_was_never_written() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let cluster = cluster(dir.path()).await?;
+        let env = env(&cluster).await?;
+        let (primary, secondary) = (env.txn_key("bank/000"), env.txn_key("bank/001"));
+        let start_ts = timestamp(&env).await?;
+        prewrite_only(&env, &secondary, &primary, start_ts, false).await?;
+
+        // tikv-client 0.4's resolve_locks failed here for good (TxnNotFound).
+        env.cleanup_locks(Duration::ZERO).await?;
+
+        let history = env
+            .mvcc
+            .history(&secondary, Duration::from_secs(10))
+            .await?;
+        assert!(history.lock.is_none(), "still locked: {history:?}");
+        assert!(history.committed(start_ts).is_none(), "{history:?}");
+        let primary_history = env.mvcc.history(&primary, Duration::from_secs(10)).await?;
+        assert!(
+            primary_history
+                .versions
+                .iter()
+                .any(|v| v.start_ts == start_ts && v.op == kvrpcpb::Op::Rollback),
+            "no rollback record keeps a late primary prewrite out: {primary_history:?}"
         );
-        anyhow::ensure!(resp.min_commit_ts > start_ts, "no min_commit_ts: {resp:?}");
-        Ok((start_ts, resp.min_commit_ts))
+        cluster.shutdown().await;
+        Ok(())
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -306,7 +365,10 @@ mod cluster_tests {
         let cluster = cluster(dir.path()).await?;
         let env = env(&cluster).await?;
         let key = env.txn_key("register/1");
-        let (start_ts, min_commit_ts) = lone_async_commit_lock(&env, &key).await?;
+        // A writer whose commit failed after the client acknowledged.
+        let start_ts = timestamp(&env).await?;
+        let min_commit_ts = prewrite_only(&env, &key, &key, start_ts, true).await?;
+        assert!(min_commit_ts > start_ts);
         tokio::time::sleep(Duration::from_millis(200)).await;
 
         // tikv-client 0.4's cleanup_locks rolled this transaction back.

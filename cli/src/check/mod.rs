@@ -135,12 +135,11 @@ impl Env {
 
     /// Resolves the locks in the check's transactional range of
     /// transactions that started more than `older_than` ago, as a GC worker
-    /// does. tikv-client's readers never resolve an async-commit lock whose
+    /// does (see [`locks`] for why not with tikv-client's own calls).
+    /// tikv-client's readers never resolve an async-commit lock whose
     /// writer vanished (a failed commit of unknown outcome must not roll
     /// back); without this they would be blocked until the cluster's GC
-    /// does it. 2PC locks go through tikv-client's `resolve_locks` (what
-    /// its readers do), async-commit ones through [`locks`] (tikv-client's
-    /// `cleanup_locks` decides those wrongly).
+    /// does it.
     pub async fn cleanup_locks(&self, older_than: Duration) -> anyhow::Result<()> {
         let now = self.txn.current_timestamp().await?;
         let cutoff = now
@@ -148,24 +147,19 @@ impl Env {
             .saturating_sub((older_than.as_millis() as u64) << 18);
         let safepoint = tikv_client::Timestamp::from_version(cutoff);
         let range = self.txn_prefix.clone()..prefix_end(&self.txn_prefix);
-        let found = self.txn.scan_locks(&safepoint, range, 4096).await?;
-        let (async_commit, two_pc): (Vec<_>, Vec<_>) =
-            found.into_iter().partition(|l| l.use_async_commit);
-        let async_commit: Vec<locks::ScannedLock> = async_commit
+        let found: Vec<locks::ScannedLock> = self
+            .txn
+            .scan_locks(&safepoint, range, 4096)
+            .await?
             .into_iter()
             .map(|l| locks::ScannedLock {
+                pessimistic: l.lock_type == shale_proto::kvrpcpb::Op::PessimisticLock as i32,
                 key: l.key,
                 primary: l.primary_lock,
                 start_ts: l.lock_version,
             })
             .collect();
-        if !two_pc.is_empty() {
-            self.txn
-                .resolve_locks(two_pc, now.clone(), tikv_client::Backoff::no_backoff())
-                .await?;
-        }
-        let result =
-            locks::resolve_async_commit_locks(&self.mvcc, &async_commit, now.version()).await;
+        let result = locks::resolve_locks(&self.mvcc, &found).await;
         if result.is_err() {
             self.mvcc.reset_routes().await;
         }
