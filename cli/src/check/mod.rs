@@ -26,10 +26,12 @@ mod locks;
 mod mvcc;
 mod raw;
 mod register;
+#[cfg(test)]
+mod test_cluster;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
@@ -171,6 +173,28 @@ impl Env {
         let mut k = self.raw_prefix.clone();
         k.extend_from_slice(name.as_bytes());
         k
+    }
+}
+
+/// Retries `f` until it succeeds or the verification time is up.
+pub async fn patiently<T, E, F, Fut>(env: &Env, what: &str, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = Instant::now() + env.verify_timeout;
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            Err(e) => {
+                env.report.unverified(format!("{what}: {e}"));
+                return None;
+            }
+        }
     }
 }
 

@@ -98,28 +98,6 @@ pub async fn run(env: &Env) -> Result<()> {
     Ok(())
 }
 
-/// Retries `f` until it succeeds or the verification time is up.
-async fn patiently<T, E, F, Fut>(env: &Env, what: &str, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    let deadline = Instant::now() + env.verify_timeout;
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(500)).await
-            }
-            Err(e) => {
-                env.report.unverified(format!("{what}: {e}"));
-                return None;
-            }
-        }
-    }
-}
-
 async fn verify(env: &Env, log: &Log) {
     let report = &env.report;
     let keys: Vec<Vec<u8>> = log.attempts.keys().cloned().collect();
@@ -127,7 +105,7 @@ async fn verify(env: &Env, log: &Log) {
     for chunk in keys.chunks(256) {
         let raw = env.raw.clone();
         let chunk = chunk.to_vec();
-        let Some(pairs) = patiently(env, "raw: reading the written keys back", || {
+        let Some(pairs) = super::patiently(env, "raw: reading the written keys back", || {
             let (raw, chunk) = (raw.clone(), chunk.clone());
             async move { raw.batch_get(chunk).await }
         })
@@ -227,7 +205,7 @@ async fn scan_raw(
     let mut start = prefix;
     loop {
         let range = tikv_client::BoundRange::from(start.clone()..end.clone());
-        let page: Vec<KvPair> = patiently(env, "raw: scanning the written range", || {
+        let page: Vec<KvPair> = super::patiently(env, "raw: scanning the written range", || {
             let (raw, range) = (raw.clone(), range.clone());
             async move { raw.scan(range, PAGE).await }
         })
@@ -257,7 +235,7 @@ async fn scan_raw(
 /// there, each with the value a point read at the same timestamp returns.
 pub async fn verify_txn_range(env: &Env) {
     let report = &env.report;
-    if patiently(env, "cleaning up locks before the final scan", || {
+    if super::patiently(env, "cleaning up locks before the final scan", || {
         env.cleanup_locks(Duration::ZERO)
     })
     .await
@@ -268,7 +246,7 @@ pub async fn verify_txn_range(env: &Env) {
     let end = prefix_end(&env.txn_prefix);
     let client: &TransactionClient = &env.txn;
     let mut start = env.txn_prefix.clone();
-    let Some(ts) = patiently(env, "raw: a timestamp for the final scan", || {
+    let Some(ts) = super::patiently(env, "raw: a timestamp for the final scan", || {
         client.current_timestamp()
     })
     .await
@@ -278,20 +256,21 @@ pub async fn verify_txn_range(env: &Env) {
     let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     loop {
         let range = tikv_client::BoundRange::from(start.clone()..end.clone());
-        let page: Vec<KvPair> = match patiently(env, "scanning the transactional range", || {
-            let (range, ts) = (range.clone(), ts.clone());
-            async move {
-                let mut snapshot = client.snapshot(ts, TxnMode::TwoPhase.options());
-                Ok::<_, tikv_client::Error>(
-                    snapshot.scan(range, PAGE).await?.collect::<Vec<KvPair>>(),
-                )
-            }
-        })
-        .await
-        {
-            Some(p) => p,
-            None => return,
-        };
+        let page: Vec<KvPair> =
+            match super::patiently(env, "scanning the transactional range", || {
+                let (range, ts) = (range.clone(), ts.clone());
+                async move {
+                    let mut snapshot = client.snapshot(ts, TxnMode::TwoPhase.options());
+                    Ok::<_, tikv_client::Error>(
+                        snapshot.scan(range, PAGE).await?.collect::<Vec<KvPair>>(),
+                    )
+                }
+            })
+            .await
+            {
+                Some(p) => p,
+                None => return,
+            };
         let n = page.len();
         for p in page {
             pairs.push((p.key().clone().into(), p.value().clone()));
@@ -317,7 +296,7 @@ pub async fn verify_txn_range(env: &Env) {
             );
             continue;
         }
-        let point = patiently(env, "point read during the final scan", || {
+        let point = super::patiently(env, "point read during the final scan", || {
             let (k, ts) = (k.clone(), ts.clone());
             async move {
                 let mut snapshot = client.snapshot(ts, TxnMode::TwoPhase.options());

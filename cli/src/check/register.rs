@@ -269,6 +269,17 @@ async fn txn_read(
 
 async fn verify_txn(env: &Env, keys: &[Vec<u8>], log: &Log) {
     let report = &env.report;
+    // A writer whose commit failed after it was acknowledged (async commit)
+    // leaves its lock: resolve it as a reader would before reading the
+    // histories, or an acknowledged write still locked looks lost.
+    if super::patiently(env, "register: cleaning up locks", || {
+        env.cleanup_locks(Duration::ZERO)
+    })
+    .await
+    .is_none()
+    {
+        return;
+    }
     for (register, key) in keys.iter().enumerate() {
         let history = match env.mvcc.history(key, env.verify_timeout).await {
             Ok(h) => h,
@@ -513,6 +524,42 @@ fn swap_applied(c: &Cas, observed: &HashSet<Option<Vec<u8>>>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_acknowledged_write_still_locked_at_verification_is_not_reported_lost() -> Result<()>
+    {
+        use crate::check::test_cluster::{cluster, env, prewrite_only, timestamp};
+        let dir = tempfile::tempdir()?;
+        let cluster = cluster(dir.path()).await?;
+        let env = env(&cluster).await?;
+        let key = env.txn_key("register/0");
+        // Acknowledged at min_commit_ts; its commit never reached the store.
+        let start_ts = timestamp(&env).await?;
+        let commit_ts = prewrite_only(&env, &key, &key, start_ts, true).await?;
+        let log = Log {
+            txn_writes: vec![TxnWrite {
+                register: 0,
+                value: b"acknowledged".to_vec(),
+                mode: TxnMode::AsyncCommit,
+                start_ts,
+                outcome: Outcome::Committed { commit_ts },
+                span: Span {
+                    invoked_us: 0,
+                    completed_us: 1,
+                },
+            }],
+            ..Default::default()
+        };
+
+        verify_txn(&env, &[key], &log).await;
+
+        assert!(
+            matches!(env.report.finish(), crate::check::Verdict::Consistent),
+            "the acknowledged write was reported"
+        );
+        cluster.shutdown().await;
+        Ok(())
+    }
 
     fn cas(previous: Option<&str>, value: &str, result: CasResult) -> Cas {
         Cas {
