@@ -448,6 +448,107 @@ mod tests {
         assert_eq!(cluster.region_by_key(b"a").unwrap().unwrap().meta, left);
     }
 
+    /// Lets `allowed` writes through, then holds the others until opened.
+    struct GatedMeta {
+        inner: Arc<MemMetaStore>,
+        gate: Arc<tokio::sync::Semaphore>,
+        gated: std::sync::atomic::AtomicBool,
+    }
+
+    impl MetaStore for GatedMeta {
+        fn get<'a>(
+            &'a self,
+            key: &'a [u8],
+        ) -> futures::future::BoxFuture<'a, MetaResult<Option<Vec<u8>>>> {
+            self.inner.get(key)
+        }
+        fn scan_prefix<'a>(
+            &'a self,
+            prefix: &'a [u8],
+        ) -> futures::future::BoxFuture<'a, MetaResult<crate::meta::Records>> {
+            self.inner.scan_prefix(prefix)
+        }
+        fn write(
+            &self,
+            ops: Vec<crate::meta::MetaOp>,
+        ) -> futures::future::BoxFuture<'_, MetaResult<()>> {
+            Box::pin(async move {
+                if self.gated.load(std::sync::atomic::Ordering::SeqCst) {
+                    self.gate.acquire().await.unwrap().forget();
+                }
+                self.inner.write(ops).await
+            })
+        }
+        fn close(&self) -> futures::future::BoxFuture<'_, ()> {
+            self.inner.close()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_key_stays_routable_while_a_split_report_is_persisted() {
+        let meta = Arc::new(GatedMeta {
+            inner: Arc::new(MemMetaStore::new()),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            gated: std::sync::atomic::AtomicBool::new(false),
+        });
+        let cluster = Arc::new(
+            Cluster::open(
+                meta.clone(),
+                Arc::new(ManualClock::new(T0)),
+                ClusterOptions::default(),
+            )
+            .await
+            .unwrap(),
+        );
+        cluster
+            .bootstrap(Some(first_store()), Some(first_region()))
+            .await
+            .unwrap();
+        let ids = cluster
+            .ask_batch_split(Some(&first_region()), 1)
+            .await
+            .unwrap();
+        let epoch = Some(metapb::RegionEpoch {
+            conf_ver: 1,
+            version: 2,
+        });
+        let left = metapb::Region {
+            id: ids[0].new_region_id,
+            end_key: b"m".to_vec(),
+            region_epoch: epoch,
+            peers: vec![peer(ids[0].new_peer_ids[0], 1)],
+            ..Default::default()
+        };
+        let right = metapb::Region {
+            id: 2,
+            start_key: b"m".to_vec(),
+            region_epoch: epoch,
+            peers: vec![peer(3, 1)],
+            ..Default::default()
+        };
+        // One durable write goes through, the next ones wait.
+        meta.gate.add_permits(1);
+        meta.gated.store(true, std::sync::atomic::Ordering::SeqCst);
+        let report = {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.report_batch_split(&[left, right]).await })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        while std::time::Instant::now() < deadline && !report.is_finished() {
+            for key in [&b"a"[..], b"x"] {
+                assert!(
+                    cluster.region_by_key(key).unwrap().is_some(),
+                    "no region routes {key:?} while the split is persisted"
+                );
+            }
+            tokio::task::yield_now().await;
+        }
+        meta.gated.store(false, std::sync::atomic::Ordering::SeqCst);
+        meta.gate.add_permits(100);
+        report.await.unwrap().unwrap();
+        assert_eq!(cluster.scan_regions(b"", b"", 0).unwrap().len(), 2);
+    }
+
     #[tokio::test]
     async fn heartbeat_from_unknown_store_is_rejected() {
         let meta = Arc::new(MemMetaStore::new());

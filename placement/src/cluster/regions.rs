@@ -127,6 +127,17 @@ pub struct RegionUpdate {
     pub persist: bool,
 }
 
+/// The durable writes of `update`: its record, and the removal of the
+/// regions it overlaps.
+pub(super) fn persist_ops(update: &RegionUpdate) -> Vec<crate::meta::MetaOp> {
+    let mut ops = vec![schema::put_region(
+        &update.info.meta,
+        update.info.leader.as_ref(),
+    )];
+    ops.extend(update.overlaps.iter().map(|id| schema::delete_region(*id)));
+    ops
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreRegionCounts {
     pub region_count: u64,
@@ -350,12 +361,7 @@ impl Cluster {
     /// the writer lock, so the plan is still valid when it is applied.
     pub(super) async fn persist_and_apply(&self, update: RegionUpdate) -> PdResult<()> {
         if update.persist {
-            let mut ops = vec![schema::put_region(
-                &update.info.meta,
-                update.info.leader.as_ref(),
-            )];
-            ops.extend(update.overlaps.iter().map(|id| schema::delete_region(*id)));
-            self.meta.write(ops).await?;
+            self.meta.write(persist_ops(&update)).await?;
         }
         self.state.write().regions.apply(update);
         Ok(())
