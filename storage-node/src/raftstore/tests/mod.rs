@@ -419,6 +419,15 @@ fn command(
     }
 }
 
+/// A replica of `region` on a store other than `store_id`.
+fn peer_off_store(region: &metapb::Region, store_id: u64) -> Option<metapb::Peer> {
+    region
+        .peers
+        .iter()
+        .find(|p| p.store_id != store_id)
+        .copied()
+}
+
 /// Region ids marked for an immediate heartbeat within `wait`, taking them.
 async fn marked_within(router: &Router, wait: Duration) -> Vec<u64> {
     tokio::time::timeout(wait, router.context().changed_regions.take())
@@ -491,11 +500,7 @@ async fn a_refused_scheduling_command_waits_for_the_next_periodic_heartbeat() {
                 .contains(&1));
             break;
         }
-        let follower = region
-            .peers
-            .iter()
-            .find(|p| p.store_id != stores[leader].store_id)
-            .cloned();
+        let follower = peer_off_store(&region, stores[leader].store_id);
         router
             .handle_command(pdpb::RegionHeartbeatResponse {
                 change_peer: Some(pdpb::ChangePeer {
@@ -558,11 +563,7 @@ async fn scheduling_commands_with_a_stale_epoch_are_refused() {
     assert_eq!(region.peers.len(), 2);
     assert!(region.region_epoch.unwrap().conf_ver > epoch.conf_ver);
     // The old epoch is now stale too: a transfer decided on it is refused.
-    let other = region
-        .peers
-        .iter()
-        .find(|p| p.store_id != stores[leader].store_id)
-        .cloned();
+    let other = peer_off_store(&region, stores[leader].store_id);
     router
         .handle_command(pdpb::RegionHeartbeatResponse {
             transfer_leader: Some(pdpb::TransferLeader {
