@@ -308,6 +308,30 @@ mod tests {
         }
     }
 
+    /// The first region split at `m` with the ids placement handed out:
+    /// the new region on the left, the original (region 2) on the right.
+    fn split_at_m(id: &pdpb::SplitId) -> (metapb::Region, metapb::Region) {
+        let epoch = Some(metapb::RegionEpoch {
+            conf_ver: 1,
+            version: 2,
+        });
+        let left = metapb::Region {
+            id: id.new_region_id,
+            end_key: b"m".to_vec(),
+            region_epoch: epoch,
+            peers: vec![peer(id.new_peer_ids[0], 1)],
+            ..Default::default()
+        };
+        let right = metapb::Region {
+            id: 2,
+            start_key: b"m".to_vec(),
+            region_epoch: epoch,
+            peers: vec![peer(3, 1)],
+            ..Default::default()
+        };
+        (left, right)
+    }
+
     async fn open(meta: &Arc<MemMetaStore>) -> Cluster {
         Cluster::open(
             meta.clone(),
@@ -398,24 +422,7 @@ mod tests {
         assert_eq!(ids.len(), 1);
         assert_eq!(ids[0].new_peer_ids.len(), 1);
         let new_id = ids[0].new_region_id;
-        let epoch = Some(metapb::RegionEpoch {
-            conf_ver: 1,
-            version: 2,
-        });
-        let left = metapb::Region {
-            id: new_id,
-            end_key: b"m".to_vec(),
-            region_epoch: epoch,
-            peers: vec![peer(ids[0].new_peer_ids[0], 1)],
-            ..Default::default()
-        };
-        let right = metapb::Region {
-            id: 2,
-            start_key: b"m".to_vec(),
-            region_epoch: epoch,
-            peers: vec![peer(3, 1)],
-            ..Default::default()
-        };
+        let (left, right) = split_at_m(&ids[0]);
         cluster
             .report_batch_split(&[left.clone(), right.clone()])
             .await
@@ -508,24 +515,7 @@ mod tests {
             .ask_batch_split(Some(&first_region()), 1)
             .await
             .unwrap();
-        let epoch = Some(metapb::RegionEpoch {
-            conf_ver: 1,
-            version: 2,
-        });
-        let left = metapb::Region {
-            id: ids[0].new_region_id,
-            end_key: b"m".to_vec(),
-            region_epoch: epoch,
-            peers: vec![peer(ids[0].new_peer_ids[0], 1)],
-            ..Default::default()
-        };
-        let right = metapb::Region {
-            id: 2,
-            start_key: b"m".to_vec(),
-            region_epoch: epoch,
-            peers: vec![peer(3, 1)],
-            ..Default::default()
-        };
+        let (left, right) = split_at_m(&ids[0]);
         // One durable write goes through, the next ones wait.
         meta.gate.add_permits(1);
         meta.gated.store(true, std::sync::atomic::Ordering::SeqCst);
