@@ -131,6 +131,9 @@ impl RegionPeerClient {
             .await
             .map_err(|e| match e {
                 TransportError::Remote(m) => (false, self.error(m)),
+                // A slow peer is not an unreachable one: openraft backs a
+                // replication stream off at once for the latter only.
+                TransportError::Timeout => (false, self.error(e.to_string())),
                 other => {
                     // The address may be wrong only if no connection could
                     // be made; a slow peer or an oversized message says
@@ -145,13 +148,24 @@ impl RegionPeerClient {
         result.map_err(|m| (false, self.error(m)))
     }
 
+    /// How long to wait for a reply. openraft budgets an append by one
+    /// heartbeat interval, but the follower replies after syncing its log,
+    /// and on a loaded machine (a busy disk, starved CPU) that takes longer:
+    /// a reply within an election timeout still moves replication on, while
+    /// giving up sooner resends the same entries and adds to the load.
+    /// (openraft bounds heartbeats by the interval itself.)
+    fn call_timeout(&self, option: &RPCOption) -> Duration {
+        let floor = Duration::from_millis(self.ctx.raft_config.election_timeout_min);
+        option.hard_ttl().max(floor)
+    }
+
     async fn rpc<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
         &self,
         kind: u32,
         request: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<RegionTypes>> {
-        self.call(kind, request, option.hard_ttl())
+        self.call(kind, request, self.call_timeout(option))
             .await
             .map_err(|(unreachable, e)| {
                 if unreachable {
