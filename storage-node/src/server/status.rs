@@ -1,14 +1,17 @@
 //! The HTTP status port: `/metrics` for Prometheus, `/status` for people
-//! (and tests), and, when allowed, `/debug/transport` to inject faults into
-//! this store's Raft traffic.
+//! (and tests), `/region/{id}` for one replica's Raft state, and, when
+//! allowed, `/debug/transport` to inject faults into this store's Raft
+//! traffic.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use openraft::async_runtime::WatchReceiver;
+use openraft::Instant as _;
 use serde::{Deserialize, Serialize};
 
 use super::metrics;
@@ -33,6 +36,7 @@ pub fn router(state: StatusState) -> Router {
     Router::new()
         .route("/metrics", get(|| async { metrics::render() }))
         .route("/status", get(status))
+        .route("/region/{id}", get(region))
         .route("/debug/transport", post(transport_faults))
         .with_state(state)
 }
@@ -53,6 +57,73 @@ async fn status(State(state): State<StatusState>) -> Json<StatusBody> {
         region_ids: regions.ids(),
         leader_region_ids,
     })
+}
+
+/// One replica's Region and Raft state, as this store sees them.
+#[derive(Serialize)]
+struct RegionBody {
+    region_id: u64,
+    peer_id: u64,
+    /// Start and end keys in hex.
+    start_key: String,
+    end_key: String,
+    conf_ver: u64,
+    version: u64,
+    peers: Vec<(u64, u64)>,
+    raft_state: String,
+    term: u64,
+    leader_peer_id: Option<u64>,
+    last_log_index: Option<u64>,
+    committed_index: Option<u64>,
+    applied_index: Option<u64>,
+    snapshot_index: Option<u64>,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    /// Milliseconds since a leader last reached this replica.
+    silent_for_ms: u64,
+    /// Milliseconds since a quorum last acknowledged this leader.
+    millis_since_quorum_ack: Option<u64>,
+}
+
+async fn region(
+    State(state): State<StatusState>,
+    Path(id): Path<u64>,
+) -> Result<Json<RegionBody>, (StatusCode, String)> {
+    let peer = state.router.peer(id).ok_or((
+        StatusCode::NOT_FOUND,
+        format!("region {id} has no replica on this store"),
+    ))?;
+    let region = peer.region();
+    let epoch = region.region_epoch.unwrap_or_default();
+    let metrics = peer.raft().metrics();
+    let m = metrics.borrow_watched();
+    let membership = m.membership_config.membership();
+    Ok(Json(RegionBody {
+        region_id: id,
+        peer_id: peer.peer_id,
+        start_key: hex(&region.start_key),
+        end_key: hex(&region.end_key),
+        conf_ver: epoch.conf_ver,
+        version: epoch.version,
+        peers: region.peers.iter().map(|p| (p.id, p.store_id)).collect(),
+        raft_state: format!("{:?}", m.state),
+        term: m.current_term,
+        leader_peer_id: m.current_leader,
+        last_log_index: m.last_log_index,
+        committed_index: m.local_committed.map(|l| l.index),
+        applied_index: m.last_applied.map(|l| l.index),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        silent_for_ms: peer.silent_for().as_millis() as u64,
+        millis_since_quorum_ack: m
+            .last_quorum_acked
+            .map(|at| at.elapsed().as_millis() as u64),
+    }))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// Fault settings; absent fields are left as they are.
