@@ -332,6 +332,21 @@ mod tests {
         (left, right)
     }
 
+    /// Bootstraps `cluster` with the first store and Region, and asks for
+    /// one split of that Region.
+    async fn bootstrap_and_ask_split(cluster: &Cluster) -> pdpb::SplitId {
+        cluster
+            .bootstrap(Some(first_store()), Some(first_region()))
+            .await
+            .unwrap();
+        let mut ids = cluster
+            .ask_batch_split(Some(&first_region()), 1)
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 1);
+        ids.remove(0)
+    }
+
     async fn open(meta: &Arc<MemMetaStore>) -> Cluster {
         Cluster::open(
             meta.clone(),
@@ -411,18 +426,10 @@ mod tests {
     async fn heartbeats_and_split_reports_update_routing() {
         let meta = Arc::new(MemMetaStore::new());
         let cluster = open(&meta).await;
-        cluster
-            .bootstrap(Some(first_store()), Some(first_region()))
-            .await
-            .unwrap();
-        let ids = cluster
-            .ask_batch_split(Some(&first_region()), 1)
-            .await
-            .unwrap();
-        assert_eq!(ids.len(), 1);
-        assert_eq!(ids[0].new_peer_ids.len(), 1);
-        let new_id = ids[0].new_region_id;
-        let (left, right) = split_at_m(&ids[0]);
+        let split = bootstrap_and_ask_split(&cluster).await;
+        assert_eq!(split.new_peer_ids.len(), 1);
+        let new_id = split.new_region_id;
+        let (left, right) = split_at_m(&split);
         cluster
             .report_batch_split(&[left.clone(), right.clone()])
             .await
@@ -507,15 +514,7 @@ mod tests {
             .await
             .unwrap(),
         );
-        cluster
-            .bootstrap(Some(first_store()), Some(first_region()))
-            .await
-            .unwrap();
-        let ids = cluster
-            .ask_batch_split(Some(&first_region()), 1)
-            .await
-            .unwrap();
-        let (left, right) = split_at_m(&ids[0]);
+        let (left, right) = split_at_m(&bootstrap_and_ask_split(&cluster).await);
         // One durable write goes through, the next ones wait.
         meta.gate.add_permits(1);
         meta.gated.store(true, std::sync::atomic::Ordering::SeqCst);
