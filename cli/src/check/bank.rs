@@ -215,7 +215,7 @@ pub async fn run(env: &Env) -> Result<()> {
         env.report.writes_acknowledged(task.await?);
     }
     reader.await?;
-    env.report.workloads_ended();
+    env.report.workload_deadline(deadline);
     let log = std::mem::take(&mut *log.lock());
     verify(env, &accounts, init_ts, log).await
 }

@@ -53,7 +53,8 @@ pub struct Report {
     unverified: Mutex<Vec<String>>,
     /// Completion times of acknowledged writes, for write availability.
     writes: Mutex<Vec<u64>>,
-    /// When the workloads stopped (the end of the availability window).
+    /// When the workloads were due to stop (the end of the availability
+    /// window; operations still running then may finish later).
     workload_end_us: Mutex<Option<u64>>,
 }
 
@@ -99,22 +100,30 @@ impl Report {
         self.writes.lock().extend(at_us);
     }
 
-    /// The workloads stopped now (later calls keep the latest).
-    pub fn workloads_ended(&self) {
-        let now = self.clock.now_us();
+    /// A workload was due to stop at `deadline` (later calls keep the
+    /// latest). Writes acknowledged after it do not count: a straggler that
+    /// finishes late would stretch the window past the run.
+    pub fn workload_deadline(&self, deadline: Instant) {
+        let at = deadline.saturating_duration_since(self.clock.0).as_micros() as u64;
         let mut end = self.workload_end_us.lock();
-        *end = Some(end.map_or(now, |e| e.max(now)));
+        *end = Some(end.map_or(at, |e| e.max(at)));
     }
 
     /// The longest time no write was acknowledged, between the start of
-    /// the check and the end of the workloads.
+    /// the check and the workloads' deadline.
     pub fn longest_write_gap(&self) -> Gap {
-        let mut writes = self.writes.lock().clone();
-        writes.sort_unstable();
         let end = self
             .workload_end_us
             .lock()
             .unwrap_or_else(|| self.clock.now_us());
+        let mut writes: Vec<u64> = self
+            .writes
+            .lock()
+            .iter()
+            .copied()
+            .filter(|&t| t <= end)
+            .collect();
+        writes.sort_unstable();
         longest_gap(&writes, end)
     }
 
@@ -248,6 +257,23 @@ mod tests {
         assert_eq!(longest_gap(&[10, 12, 40], 45), gap(12, 40));
         assert_eq!(longest_gap(&[5, 6], 100), gap(6, 100));
         assert_eq!(longest_gap(&[30, 31], 20), gap(0, 30));
+    }
+
+    #[test]
+    fn the_write_gap_ends_at_the_workloads_deadline() {
+        let report = Report::new();
+        let start = report.clock.0;
+        report.writes_acknowledged([1_500_000, 2_000_000, 9_000_000]);
+        report.workload_deadline(start + Duration::from_secs(4));
+        // The write acknowledged at 9 s finished after the deadline: the
+        // window is [0, 4 s], and its longest gap is 2 s to 4 s.
+        assert_eq!(
+            report.longest_write_gap(),
+            Gap {
+                from_us: 2_000_000,
+                to_us: 4_000_000
+            }
+        );
     }
 
     #[test]

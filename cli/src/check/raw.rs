@@ -82,7 +82,7 @@ pub async fn run(env: &Env) -> Result<()> {
     for task in tasks {
         env.report.writes_acknowledged(task.await?);
     }
-    env.report.workloads_ended();
+    env.report.workload_deadline(deadline);
     let log = std::mem::take(&mut *log.lock());
     let acked = log.attempts.values().filter(|(_, ok, _)| *ok).count();
     println!(

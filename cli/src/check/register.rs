@@ -205,7 +205,7 @@ pub async fn run(env: &Env) -> Result<()> {
     for task in tasks {
         env.report.writes_acknowledged(task.await?);
     }
-    env.report.workloads_ended();
+    env.report.workload_deadline(deadline);
     let log = std::mem::take(&mut *log.lock());
     println!(
         "register: {} transactional writes ({} acknowledged), {} reads; {} compare-and-swaps ({} swapped), {} raw reads; {} reads failed",
