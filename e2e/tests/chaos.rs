@@ -502,7 +502,9 @@ async fn chaos_keeps_every_invariant() -> Result<()> {
             {
                 p.kill9()?;
             }
-            println!("cluster data kept in {}", cluster.keep_data()?.display());
+            let kept = cluster.keep_data()?;
+            println!("cluster data kept in {}", kept.display());
+            lost_writes_post_mortem(&kept, &output, cluster.stores.len());
         }
         bail!("shale check failed ({status}) with seed {seed}; see its output above");
     }
@@ -515,6 +517,56 @@ async fn chaos_keeps_every_invariant() -> Result<()> {
         _ => logs.disarm(),
     }
     Ok(())
+}
+
+/// For the first lost raw writes the check reports: whether each store's
+/// engine has the key and which Regions there claim it, and each claiming
+/// Region's Raft log on that store (in `<kept>/store-N-region-R.raftlog`),
+/// which says whether the write ever entered that Region's log.
+fn lost_writes_post_mortem(kept: &std::path::Path, output: &str, stores: usize) {
+    let Ok(shale) = shale_e2e::binary("shale") else {
+        return;
+    };
+    let lost: Vec<&str> = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("ANOMALY [raw] acknowledged write lost: "))
+        .filter_map(|l| l.split(' ').next())
+        .take(3)
+        .collect();
+    let mut logged = std::collections::BTreeSet::new();
+    for key in lost {
+        for i in 0..stores {
+            let dir = kept.join(format!("store-{i}"));
+            let run = |args: &[&str]| {
+                std::process::Command::new(&shale)
+                    .arg("debug")
+                    .arg("--data-dir")
+                    .arg(&dir)
+                    .args(args)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            let found = run(&["raw-key", key, "--keyspace-id", "0"]);
+            println!(
+                "post-mortem store-{i} {key}: {}",
+                found.trim().replace('\n', "; ")
+            );
+            for region in found
+                .lines()
+                .filter_map(|l| l.strip_prefix("claimed by region "))
+                .filter_map(|l| l.split(' ').next())
+            {
+                if logged.insert((i, region.to_string())) {
+                    let log = run(&["log", region]);
+                    let _ = std::fs::write(
+                        kept.join(format!("store-{i}-region-{region}.raftlog")),
+                        log,
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Longer than any single fault is held, with room for the elections after.

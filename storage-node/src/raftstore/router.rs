@@ -170,11 +170,12 @@ impl Router {
         };
         // A removed replica may never have applied a later split: delete
         // only what no other Region here owns.
-        batch.data.extend(ranges::delete_data(ranges::unowned(
-            &region,
-            &self.ctx.regions,
-            &[],
-        )));
+        let unowned = ranges::unowned(&region, &self.ctx.regions, &[]);
+        let deleted: Vec<String> = unowned
+            .iter()
+            .map(|(s, e)| format!("[{}, {})", s.escape_ascii(), e.escape_ascii()))
+            .collect();
+        batch.data.extend(ranges::delete_data(unowned));
         batch
             .meta
             .push(MetaWrite::DeleteRange(raft_start, raft_end));
@@ -193,6 +194,7 @@ impl Router {
         tracing::info!(
             region_id,
             peer_id = peer.peer_id,
+            deleted = %deleted.join(", "),
             "region replica destroyed"
         );
         Ok(())

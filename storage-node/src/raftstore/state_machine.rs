@@ -302,6 +302,12 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
                         }
                         match self.split(&region, keys, targets) {
                             Ok(parts) => {
+                                tracing::info!(
+                                    region_id = self.region_id,
+                                    index = log_id.index,
+                                    parts = %describe_ranges(&parts),
+                                    "split applied"
+                                );
                                 let current: Vec<Vec<u8>> =
                                     parts.iter().map(|r| r.encode_to_vec()).collect();
                                 for part in parts {
@@ -494,6 +500,22 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
 /// Whether a write entry applies at this log position, adding its changes
 /// to `batch` if so. Deterministic on every replica: the same Region at the
 /// same position, the entry's own term.
+/// `id [start, end)` of each Region, for logs.
+fn describe_ranges(regions: &[metapb::Region]) -> String {
+    regions
+        .iter()
+        .map(|r| {
+            format!(
+                "{} [{}, {})",
+                r.id,
+                r.start_key.escape_ascii(),
+                r.end_key.escape_ascii()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn decide_write(
     region_id: u64,
     region: &metapb::Region,
