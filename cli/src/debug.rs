@@ -46,6 +46,14 @@ fn show(key: &[u8]) -> String {
 
 pub fn run(args: Args) -> Result<()> {
     let db = args.data_dir.join("db");
+    // Opening would create an empty database at a mistyped path.
+    if !db.join("CURRENT").exists() {
+        anyhow::bail!(
+            "{} holds no storage node data (no RocksDB database in {})",
+            args.data_dir.display(),
+            db.display()
+        );
+    }
     let engine = RocksEngine::open(&db, false)
         .with_context(|| format!("opening {} (is the store still running?)", db.display()))?;
     let regions: Vec<metapb::Region> = engine
@@ -163,4 +171,25 @@ fn describe_write(version: u64, term: Option<u64>, modifies: &[Modify]) -> Strin
         .map(|t| format!(" (decided in term {t})"))
         .unwrap_or_default();
     format!("write v{version}{term} {}", keys.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_without_store_data_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-store-here");
+        let err = run(Args {
+            data_dir: missing.clone(),
+            what: What::Regions,
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("holds no storage node data"),
+            "{err}"
+        );
+        assert!(!missing.exists(), "the check created {}", missing.display());
+    }
 }
