@@ -547,6 +547,7 @@ fn lost_writes_post_mortem(kept: &std::path::Path, output: &str, stores: usize) 
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default()
             };
+            // The raw workload runs on API V2 only, in the default keyspace.
             let found = run(&["raw-key", key, "--keyspace-id", "0"]);
             println!(
                 "post-mortem store-{i} {key}: {}",

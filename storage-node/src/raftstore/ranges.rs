@@ -23,6 +23,11 @@ pub fn first_outside<'a>(region: &metapb::Region, modifies: &'a [Modify]) -> Opt
     })
 }
 
+/// `[start, end)` with the keys escaped, for logs.
+pub fn describe(start: &[u8], end: &[u8]) -> String {
+    format!("[{}, {})", start.escape_ascii(), end.escape_ascii())
+}
+
 /// `modifies` as a write through `region` may carry them: range deletes
 /// narrowed to the Region (dropped when they miss it). A point change
 /// outside the Region is refused: its key belongs to another Region.

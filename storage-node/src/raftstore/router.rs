@@ -173,7 +173,7 @@ impl Router {
         let unowned = ranges::unowned(&region, &self.ctx.regions, &[]);
         let deleted: Vec<String> = unowned
             .iter()
-            .map(|(s, e)| format!("[{}, {})", s.escape_ascii(), e.escape_ascii()))
+            .map(|(s, e)| ranges::describe(s, e))
             .collect();
         batch.data.extend(ranges::delete_data(unowned));
         batch

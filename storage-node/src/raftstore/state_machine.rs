@@ -305,7 +305,15 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
                                 tracing::info!(
                                     region_id = self.region_id,
                                     index = log_id.index,
-                                    parts = %describe_ranges(&parts),
+                                    parts = %parts
+                                        .iter()
+                                        .map(|r| format!(
+                                            "{} {}",
+                                            r.id,
+                                            ranges::describe(&r.start_key, &r.end_key)
+                                        ))
+                                        .collect::<Vec<_>>()
+                                        .join(", "),
                                     "split applied"
                                 );
                                 let current: Vec<Vec<u8>> =
@@ -500,22 +508,6 @@ impl RaftStateMachine<RegionTypes> for RegionStateMachine {
 /// Whether a write entry applies at this log position, adding its changes
 /// to `batch` if so. Deterministic on every replica: the same Region at the
 /// same position, the entry's own term.
-/// `id [start, end)` of each Region, for logs.
-fn describe_ranges(regions: &[metapb::Region]) -> String {
-    regions
-        .iter()
-        .map(|r| {
-            format!(
-                "{} [{}, {})",
-                r.id,
-                r.start_key.escape_ascii(),
-                r.end_key.escape_ascii()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn decide_write(
     region_id: u64,
     region: &metapb::Region,
