@@ -18,6 +18,10 @@ say "Running clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 say "Running unit, integration and end-to-end tests"
+# A failed end-to-end test prints the servers' log tails, then its error:
+# without a captured backtrace under it the error stays the last thing shown
+# (panics still print theirs when RUST_BACKTRACE asks).
+export RUST_LIB_BACKTRACE=0
 cargo test --workspace -- --test-threads=2
 
 say "Checking the Helm chart (Helm lint and render, Kubernetes schemas)"
