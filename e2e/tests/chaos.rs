@@ -48,13 +48,16 @@ use shale_proto::kvrpcpb;
 /// a hundred Regions per store sent more heartbeats than this 2-core
 /// machine's debug builds answer within an interval (about 370 timed out
 /// each second on each idle store after a run), leaders could not confirm
-/// reads, and the final scans timed out.
+/// reads, and the final scans timed out. Regions keep their whole Raft log
+/// (a few thousand entries each at most), so that a failed run's post-mortem
+/// can show every command a lost key's Regions ever applied.
 const STORE_CONFIG: &str = "region-split-keys = 40\n\
 region-split-size = 65536\n\
 split-check-interval-ms = 500\n\
 heartbeat-interval-ms = 500\n\
 raft-heartbeat-interval-ms = 250\n\
 raft-election-timeout-ms = 1000\n\
+raft-log-keep-after-snapshot = 1000000\n\
 allow-fault-injection = true\n";
 
 fn env_u64(name: &str, default: u64) -> Result<u64> {
@@ -520,9 +523,10 @@ async fn chaos_keeps_every_invariant() -> Result<()> {
 }
 
 /// For the first lost raw writes the check reports: whether each store's
-/// engine has the key and which Regions there claim it, and each claiming
+/// engine has the key and which Regions there claim it, each claiming
 /// Region's Raft log on that store (in `<kept>/store-N-region-R.raftlog`),
-/// which says whether the write ever entered that Region's log.
+/// and every entry of any Region's log on any store that names the key
+/// (the write may have gone through a parent Region that has since split).
 fn lost_writes_post_mortem(kept: &std::path::Path, output: &str, stores: usize) {
     let Ok(shale) = shale_e2e::binary("shale") else {
         return;
@@ -534,25 +538,25 @@ fn lost_writes_post_mortem(kept: &std::path::Path, output: &str, stores: usize) 
         .take(3)
         .collect();
     let mut logged = std::collections::BTreeSet::new();
+    let mut stored_keys = Vec::new();
     for key in lost {
         for i in 0..stores {
             let dir = kept.join(format!("store-{i}"));
-            let run = |args: &[&str]| {
-                std::process::Command::new(&shale)
-                    .arg("debug")
-                    .arg("--data-dir")
-                    .arg(&dir)
-                    .args(args)
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default()
-            };
+            let run = |args: &[&str]| shale_debug(&shale, &dir, args);
             // The raw workload runs on API V2 only, in the default keyspace.
             let found = run(&["raw-key", key, "--keyspace-id", "0"]);
             println!(
                 "post-mortem store-{i} {key}: {}",
                 found.trim().replace('\n', "; ")
             );
+            if let Some(stored) = found
+                .strip_prefix("stored key ")
+                .and_then(|l| l.split(": ").next())
+            {
+                if !stored_keys.iter().any(|(_, k)| k == stored) {
+                    stored_keys.push((key.to_string(), stored.to_string()));
+                }
+            }
             for region in found
                 .lines()
                 .filter_map(|l| l.strip_prefix("claimed by region "))
@@ -568,6 +572,36 @@ fn lost_writes_post_mortem(kept: &std::path::Path, output: &str, stores: usize) 
             }
         }
     }
+    for i in 0..stores {
+        let dir = kept.join(format!("store-{i}"));
+        let run = |args: &[&str]| shale_debug(&shale, &dir, args);
+        let regions = run(&["regions"]);
+        for region in regions
+            .lines()
+            .filter_map(|l| l.strip_prefix("region "))
+            .filter_map(|l| l.split(' ').next())
+        {
+            let log = run(&["log", region]);
+            for (key, stored) in &stored_keys {
+                for entry in log.lines().filter(|l| l.contains(stored.as_str())) {
+                    let short: String = entry.chars().take(160).collect();
+                    println!("post-mortem store-{i} region {region} log names {key}: {short}");
+                }
+            }
+        }
+    }
+}
+
+/// What `shale debug --data-dir dir args...` prints (empty if it fails).
+fn shale_debug(shale: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> String {
+    std::process::Command::new(shale)
+        .arg("debug")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// Longer than any single fault is held, with room for the elections after.

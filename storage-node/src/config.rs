@@ -47,6 +47,10 @@ pub struct Config {
     /// Followers start an election after this long (up to twice it)
     /// without hearing from the leader.
     pub raft_election_timeout_ms: u64,
+    /// Raft log entries a Region keeps behind its latest snapshot (a lagging
+    /// follower catches up from them without a snapshot). Soak tests raise
+    /// it so a failed run's logs still hold the Region's whole history.
+    pub raft_log_keep_after_snapshot: u64,
     /// Serves `POST /debug/transport` on the status port, which cuts or
     /// slows this store's Raft traffic (for tests on real processes).
     pub allow_fault_injection: bool,
@@ -71,6 +75,7 @@ impl Default for Config {
             split_check_interval_ms: 10_000,
             raft_heartbeat_interval_ms: 250,
             raft_election_timeout_ms: 1_500,
+            raft_log_keep_after_snapshot: 200,
             allow_fault_injection: false,
         }
     }
@@ -154,6 +159,14 @@ mod tests {
         assert_eq!(c.listen_addr, "0.0.0.0:1");
         assert!(!c.sync_log);
         assert_eq!(c.pd_endpoints, Config::default().pd_endpoints);
+    }
+
+    #[test]
+    fn raft_log_kept_after_a_snapshot_is_configurable() {
+        assert_eq!(Config::default().raft_log_keep_after_snapshot, 200);
+        let c = Config::from_toml("raft-log-keep-after-snapshot = 1000000").unwrap();
+        assert_eq!(c.raft_log_keep_after_snapshot, 1_000_000);
+        assert!(Config::from_toml("raft-log-keep-after-snapshot = -1").is_err());
     }
 
     #[test]

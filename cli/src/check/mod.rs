@@ -261,11 +261,13 @@ pub async fn check(mut args: Args) -> Result<Verdict> {
     let env = Arc::new(Env::connect(&args, seed, &run_id).await?);
     let endpoints = args.placement.pd.join(",");
     println!(
-        "shale check: seed {seed}, run {run_id}, {}s of {:?} with {} clients each, against {endpoints}{}",
+        "shale check: seed {seed}, run {run_id}, {}s of {:?} with {} clients each, against {endpoints}{}; \
+         times are seconds after {}",
         args.seconds,
         args.workloads,
         env.concurrency,
-        if args.keyspace { " (API V2, DEFAULT keyspace)" } else { "" }
+        if args.keyspace { " (API V2, DEFAULT keyspace)" } else { "" },
+        env.report.clock().zero_utc()
     );
 
     let janitor = tokio::spawn(janitor(env.clone()));

@@ -374,7 +374,7 @@ fn raft_config(config: &Config) -> Result<Arc<openraft::Config>, NodeError> {
         election_timeout_max: config.raft_election_timeout_ms * 2,
         install_snapshot_timeout: 60_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1_000),
-        max_in_snapshot_log_to_keep: 200,
+        max_in_snapshot_log_to_keep: config.raft_log_keep_after_snapshot,
         enable_pre_vote: Some(true),
         // Replies of one Region can overtake each other on the transport
         // (each message is handled on its own task), so a heartbeat's
