@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# A one-node Kubernetes cluster on this machine, built from the components'
+# Go modules (e2e/k8s/cluster/go.mod): etcd, kube-apiserver (RBAC and Node
+# authorization, admission on), kube-controller-manager, kube-scheduler.
+#
+#   e2e/k8s/cluster.sh build    # build the components (cached by version)
+#   e2e/k8s/cluster.sh up       # start the control plane, wait until ready
+#   e2e/k8s/cluster.sh env      # print `export KUBECONFIG=...`
+#   e2e/k8s/cluster.sh status   # which processes run
+#   e2e/k8s/cluster.sh down     # stop everything and delete the state
+#
+# Components are cached under ~/.cache/shale-k8s/<version>-<hash of the
+# module files>/bin, so a warm `up` builds nothing. The cluster's state
+# (certificates, etcd data, logs) lives in $SHALE_K8S_STATE (default
+# ~/.cache/shale-k8s/state). See e2e/k8s/README.md.
+set -euo pipefail
+cd "$(dirname "$0")"
+HERE="$PWD"
+
+VERSION=v1.37.2
+CACHE="${SHALE_K8S_CACHE:-$HOME/.cache/shale-k8s}"
+STATE="${SHALE_K8S_STATE:-$CACHE/state}"
+# Pods and the node live on the CNI bridge's network; the API server
+# advertises the bridge's address (it refuses loopback).
+NODE_IP=10.244.0.1
+SERVICE_CIDR=10.96.0.0/16
+SERVICE_IP=10.96.0.1
+API_PORT=6443
+ETCD_PORT=2379
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf '\033[31mcluster.sh: %s\033[0m\n' "$*" >&2; exit 1; }
+
+
+bin_dir() {
+  local key
+  key=$(cat cluster/go.mod cluster/go.sum cluster/cmd/*/main.go | sha256sum | cut -c1-12)
+  echo "$CACHE/$VERSION-$key/bin"
+}
+
+build() {
+  local bin
+  bin=$(bin_dir)
+  if [ -x "$bin/pause" ] && [ -x "$bin/kube-apiserver" ]; then
+    say "Kubernetes $VERSION components already built in $bin"
+    return
+  fi
+  command -v go >/dev/null || die "Go is required to build the Kubernetes components"
+  say "Building Kubernetes $VERSION components into $bin (from their Go modules; the first build takes a while)"
+  mkdir -p "$bin.partial"
+  (cd cluster && GOMODCACHE="$CACHE/gomod" CGO_ENABLED=0 go build -trimpath -ldflags=-s \
+    -o "$bin.partial/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl ./cmd/etcd ./cmd/pause)
+  rm -rf "$bin"
+  mv "$bin.partial" "$bin"
+}
+
+# --- certificates ------------------------------------------------------------
+
+# cert NAME CN ORG [SAN]: a key and a certificate signed by the cluster CA.
+cert() {
+  local name=$1 cn=$2 org=$3 san=${4:-}
+  local pki="$STATE/pki"
+  [ -f "$pki/$name.crt" ] && return
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/$name.key" \
+    -subj "/CN=$cn${org:+/O=$org}" -out "$pki/$name.csr" 2>/dev/null
+  local ext="$pki/$name.ext"
+  {
+    echo "basicConstraints=CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=serverAuth,clientAuth"
+    [ -n "$san" ] && echo "subjectAltName=$san"
+  } >"$ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -CAcreateserial -days 365 -extfile "$ext" -out "$pki/$name.crt" 2>/dev/null
+}
+
+kubeconfig() {
+  local name=$1 user=$2
+  cat >"$STATE/$name.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: shale
+  cluster:
+    certificate-authority: $STATE/pki/ca.crt
+    server: https://$NODE_IP:$API_PORT
+users:
+- name: $user
+  user:
+    client-certificate: $STATE/pki/$name.crt
+    client-key: $STATE/pki/$name.key
+contexts:
+- name: shale
+  context: {cluster: shale, user: $user}
+current-context: shale
+EOF
+}
+
+pki() {
+  local pki="$STATE/pki"
+  mkdir -p "$pki"
+  if [ ! -f "$pki/ca.crt" ]; then
+    openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$pki/ca.key" \
+      -subj "/CN=shale-test-ca" -days 365 -out "$pki/ca.crt" 2>/dev/null
+    openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  fi
+  cert apiserver kube-apiserver "" \
+    "IP:$NODE_IP,IP:$SERVICE_IP,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost"
+  cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
+  cert admin shale-admin system:masters
+  cert controller-manager system:kube-controller-manager ""
+  cert scheduler system:kube-scheduler ""
+  kubeconfig admin shale-admin
+  kubeconfig controller-manager system:kube-controller-manager
+  kubeconfig scheduler system:kube-scheduler
+}
+
+# --- processes -----------------------------------------------------------------
+
+# start NAME CMD...: runs CMD in the background, logging to logs/NAME.log.
+start() {
+  local name=$1
+  shift
+  if [ -f "$STATE/run/$name.pid" ] && kill -0 "$(cat "$STATE/run/$name.pid")" 2>/dev/null; then
+    return
+  fi
+  mkdir -p "$STATE/run" "$STATE/logs"
+  setsid "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$STATE/run/$name.pid"
+}
+
+# wait_for WHAT SECONDS CMD...: retries CMD until it succeeds.
+wait_for() {
+  local what=$1 seconds=$2
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      die "$what not ready after ${seconds}s (logs in $STATE/logs)"
+    fi
+    sleep 0.5
+  done
+}
+
+network() {
+  # The bridge pods will attach to, up before the API server advertises its
+  # address.
+  if ! ip link show cni0 >/dev/null 2>&1; then
+    ip link add cni0 type bridge
+  fi
+  ip addr show cni0 | grep -q "$NODE_IP/" || ip addr add "$NODE_IP/24" dev cni0
+  ip link set cni0 up
+}
+
+control_plane() {
+  local bin=$1
+  mkdir -p "$STATE/etcd"
+  say "Starting etcd"
+  start etcd "$bin/etcd" --name shale-test --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster shale-test=http://127.0.0.1:2380 --log-level warn
+  wait_for etcd 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+
+  say "Starting kube-apiserver on https://$NODE_IP:$API_PORT (RBAC and Node authorization)"
+  start kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 0.0.0.0 --secure-port "$API_PORT" --advertise-address "$NODE_IP" \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction \
+    --client-ca-file "$STATE/pki/ca.crt" \
+    --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
+    --kubelet-client-certificate "$STATE/pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$STATE/pki/apiserver-kubelet-client.key" \
+    --service-account-key-file "$STATE/pki/sa.pub" \
+    --service-account-signing-key-file "$STATE/pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --allow-privileged=true
+  wait_for kube-apiserver 60 "$bin/kubectl" --kubeconfig "$STATE/admin.kubeconfig" get --raw /readyz
+
+  say "Starting kube-controller-manager and kube-scheduler"
+  start kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --leader-elect=false \
+    --use-service-account-credentials \
+    --service-account-private-key-file "$STATE/pki/sa.key" \
+    --root-ca-file "$STATE/pki/ca.crt" \
+    --cluster-signing-cert-file "$STATE/pki/ca.crt" \
+    --cluster-signing-key-file "$STATE/pki/ca.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --controllers '*'
+  start kube-scheduler "$bin/kube-scheduler" \
+    --kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --leader-elect=false
+  wait_for kube-controller-manager 60 curl -skf https://127.0.0.1:10257/healthz
+  wait_for kube-scheduler 60 curl -skf https://127.0.0.1:10259/healthz
+  # The default ServiceAccount exists once the controllers run: pods need it.
+  wait_for "the default ServiceAccount" 60 \
+    "$bin/kubectl" --kubeconfig "$STATE/admin.kubeconfig" get serviceaccount default
+}
+
+up() {
+  [ "$(id -u)" = 0 ] || die "up needs root (it creates a network bridge)"
+  build
+  local bin
+  bin=$(bin_dir)
+  mkdir -p "$STATE"
+  pki
+  network
+  control_plane "$bin"
+  say "Control plane ready: export KUBECONFIG=$STATE/admin.kubeconfig (or: eval \"\$($0 env)\")"
+}
+
+down() {
+  say "Stopping the cluster"
+  if [ -d "$STATE/run" ]; then
+    for pidfile in "$STATE"/run/*.pid; do
+      [ -f "$pidfile" ] || continue
+      kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    sleep 1
+    for pidfile in "$STATE"/run/*.pid; do
+      [ -f "$pidfile" ] || continue
+      kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+      rm -f "$pidfile"
+    done
+  fi
+  ip link del cni0 2>/dev/null || true
+  rm -rf "$STATE"
+}
+
+status() {
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+    if [ -f "$STATE/run/$c.pid" ] && kill -0 "$(cat "$STATE/run/$c.pid")" 2>/dev/null; then
+      echo "$c: running (pid $(cat "$STATE/run/$c.pid"))"
+    else
+      echo "$c: stopped"
+    fi
+  done
+}
+
+case "${1:-}" in
+  build) build ;;
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  env)
+    echo "export KUBECONFIG=$STATE/admin.kubeconfig"
+    echo "export PATH=$(bin_dir):\$PATH"
+    ;;
+  *) sed -n '2,16p' "$0"; exit 2 ;;
+esac
