@@ -5,7 +5,7 @@
 //! redirect there (307, method and body kept), as PD's followers do.
 
 mod config;
-mod format;
+pub mod format;
 mod members;
 mod operators;
 mod regions;
