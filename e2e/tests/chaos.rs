@@ -537,14 +537,14 @@ fn lost_writes_post_mortem(kept: &std::path::Path, output: &str, stores: usize) 
         .filter_map(|l| l.split(' ').next())
         .take(3)
         .collect();
-    let mut logged = std::collections::BTreeSet::new();
-    let mut stored_keys = Vec::new();
+    // (store, Region) pairs claiming a lost key, and each key as stored.
+    let mut claiming = std::collections::BTreeSet::new();
+    let mut stored_keys: Vec<(&str, String)> = Vec::new();
     for key in lost {
         for i in 0..stores {
             let dir = kept.join(format!("store-{i}"));
-            let run = |args: &[&str]| shale_debug(&shale, &dir, args);
             // The raw workload runs on API V2 only, in the default keyspace.
-            let found = run(&["raw-key", key, "--keyspace-id", "0"]);
+            let found = shale_debug(&shale, &dir, &["raw-key", key, "--keyspace-id", "0"]);
             println!(
                 "post-mortem store-{i} {key}: {}",
                 found.trim().replace('\n', "; ")
@@ -554,7 +554,7 @@ fn lost_writes_post_mortem(kept: &std::path::Path, output: &str, stores: usize) 
                 .and_then(|l| l.split(": ").next())
             {
                 if !stored_keys.iter().any(|(_, k)| k == stored) {
-                    stored_keys.push((key.to_string(), stored.to_string()));
+                    stored_keys.push((key, stored.to_string()));
                 }
             }
             for region in found
@@ -562,26 +562,27 @@ fn lost_writes_post_mortem(kept: &std::path::Path, output: &str, stores: usize) 
                 .filter_map(|l| l.strip_prefix("claimed by region "))
                 .filter_map(|l| l.split(' ').next())
             {
-                if logged.insert((i, region.to_string())) {
-                    let log = run(&["log", region]);
-                    let _ = std::fs::write(
-                        kept.join(format!("store-{i}-region-{region}.raftlog")),
-                        log,
-                    );
-                }
+                claiming.insert((i, region.to_string()));
             }
         }
     }
+    // Each Region's log on each store is read once: saved whole for the
+    // claiming Regions, searched for the lost keys in all of them.
     for i in 0..stores {
         let dir = kept.join(format!("store-{i}"));
-        let run = |args: &[&str]| shale_debug(&shale, &dir, args);
-        let regions = run(&["regions"]);
+        let regions = shale_debug(&shale, &dir, &["regions"]);
         for region in regions
             .lines()
             .filter_map(|l| l.strip_prefix("region "))
             .filter_map(|l| l.split(' ').next())
         {
-            let log = run(&["log", region]);
+            let log = shale_debug(&shale, &dir, &["log", region]);
+            if claiming.contains(&(i, region.to_string())) {
+                let _ = std::fs::write(
+                    kept.join(format!("store-{i}-region-{region}.raftlog")),
+                    &log,
+                );
+            }
             for (key, stored) in &stored_keys {
                 for entry in log.lines().filter(|l| l.contains(stored.as_str())) {
                     let short: String = entry.chars().take(160).collect();
