@@ -58,8 +58,8 @@ impl Modify {
     }
 }
 
-/// Where a read or write is addressed: the Region (already checked by the
-/// server) and its epoch. A replicated engine uses it to find the Raft group.
+/// Where a read or write is addressed: the Region and its epoch. A
+/// replicated engine uses it to find the Raft group.
 #[derive(Clone, Debug, Default)]
 pub struct EngineContext {
     pub region_id: u64,
@@ -69,6 +69,10 @@ pub struct EngineContext {
     /// ([`Snapshot::term`]); the write applies only in the same term. 0: no
     /// such condition.
     pub term: u64,
+    /// Addresses this store's whole engine, bypassing Raft: store-wide
+    /// maintenance only (UnsafeDestroyRange, sent to every store). Never
+    /// set from a client's request context.
+    pub store_wide: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,8 +4,11 @@
 //! Region's own keys ([`RegionSnapshot`]); writes may touch only them
 //! (range deletes are narrowed to the Region, other keys refused).
 //!
-//! Region id 0 addresses the store itself: store-wide maintenance
-//! (`UnsafeDestroyRange`) applies to the local engine directly, as in TiKV.
+//! A store-wide context ([`EngineContext::store_wide`]) addresses the store
+//! itself: maintenance (`UnsafeDestroyRange`) applies to the local engine
+//! directly, as in TiKV. Any other request must name a Region here: one
+//! without (a missing context, region id 0) is refused, never written
+//! around Raft.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,6 +34,14 @@ impl RaftKv {
 }
 
 fn region_not_found(region_id: u64) -> EngineError {
+    if region_id == 0 {
+        tracing::warn!("refused a request that names no region");
+        return EngineError::Region(Box::new(errorpb::Error {
+            message: "the request names no region (region id 0)".into(),
+            region_not_found: Some(errorpb::RegionNotFound { region_id }),
+            ..Default::default()
+        }));
+    }
     EngineError::Region(Box::new(errorpb::Error {
         message: format!("region {region_id} not found on this store"),
         region_not_found: Some(errorpb::RegionNotFound { region_id }),
@@ -46,10 +57,10 @@ impl Engine for RaftKv {
         ctx: &EngineContext,
     ) -> impl Future<Output = EngineResult<RegionSnapshot>> + Send {
         let router = self.router.clone();
-        let (region_id, version) = (ctx.region_id, ctx.version);
+        let (region_id, version, store_wide) = (ctx.region_id, ctx.version, ctx.store_wide);
         async move {
             let engine = &router.context().engine;
-            if region_id == 0 {
+            if store_wide {
                 let whole_store = metapb::Region::default();
                 return Ok(RegionSnapshot::new(engine.snapshot(), whole_store, true, 0));
             }
@@ -89,8 +100,9 @@ impl Engine for RaftKv {
     ) -> impl Future<Output = EngineResult<()>> + Send {
         let router = self.router.clone();
         let (region_id, version, ctx_term) = (ctx.region_id, ctx.version, ctx.term);
+        let store_wide = ctx.store_wide;
         async move {
-            if region_id == 0 {
+            if store_wide {
                 return router.context().engine.write(batch).await;
             }
             let peer = router
@@ -116,9 +128,9 @@ impl Engine for RaftKv {
         ctx: &EngineContext,
     ) -> impl Future<Output = EngineResult<()>> + Send {
         let router = self.router.clone();
-        let region_id = ctx.region_id;
+        let (region_id, store_wide) = (ctx.region_id, ctx.store_wide);
         async move {
-            if region_id == 0 {
+            if store_wide {
                 return Ok(());
             }
             let peer = router

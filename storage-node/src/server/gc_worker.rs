@@ -57,6 +57,7 @@ impl<E: Engine, P: PdClient> GcWorker<E, P> {
                 conf_ver: region.region_epoch.as_ref().map_or(0, |e| e.conf_ver),
                 version: region.region_epoch.as_ref().map_or(0, |e| e.version),
                 term: 0,
+                store_wide: false,
             };
             // Only a Region's leader collects (through Raft); replicas here
             // that do not lead answer with a Region error.

@@ -169,6 +169,7 @@ pub fn engine_context(ctx: Option<&kvrpcpb::Context>) -> EngineContext {
         conf_ver: epoch.conf_ver,
         version: epoch.version,
         term: 0,
+        store_wide: false,
     }
 }
 

@@ -195,6 +195,7 @@ fn ctx_of(store: &TestStore, region_id: u64) -> EngineContext {
         conf_ver: e.conf_ver,
         version: e.version,
         term: 0,
+        store_wide: false,
     }
 }
 
@@ -430,6 +431,7 @@ async fn a_split_through_raft_creates_the_new_region_on_every_store() {
         conf_ver: epoch.conf_ver,
         version: epoch.version,
         term: 0,
+        store_wide: false,
     };
     assert!(RaftKv::new(stores[leader].router.clone())
         .async_write(&stale, put("z", "1"))

@@ -359,3 +359,50 @@ async fn range_deletes_with_an_open_end_stay_in_their_region() {
     assert!(t.store.get(b"x").is_some());
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_no_region_is_refused_and_writes_nothing() {
+    let t = two_regions().await;
+    // No context at all, and a context with region id 0: neither may reach
+    // the store's engine around Raft (it would be acknowledged on one store
+    // only, and wiped by the next snapshot of the Region owning the key).
+    for context in [None, Some(kvrpcpb::Context::default())] {
+        let refused = t
+            .storage
+            .raw_batch_put(kvrpcpb::RawBatchPutRequest {
+                context,
+                pairs: vec![kvrpcpb::KvPair {
+                    key: b"b".to_vec(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await;
+        let message = format!("{refused:?}");
+        assert!(
+            refused.is_err() && message.contains("names no region"),
+            "{message}"
+        );
+    }
+    let kv = RaftKv::new(t.store.router.clone());
+    let snapshot = kv.async_snapshot(&EngineContext::default()).await;
+    assert!(snapshot.is_err(), "a read naming no region is refused too");
+    assert_eq!(t.store.get(b"b"), None, "nothing was written");
+    // UnsafeDestroyRange addresses the whole store, as it is meant to.
+    t.prewrite(2, b"y", b"y", 10).await;
+    t.commit(2, b"y", 10, 11).await;
+    t.storage
+        .unsafe_destroy_range(kvrpcpb::UnsafeDestroyRangeRequest {
+            context: None,
+            start_key: b"a".to_vec(),
+            end_key: b"z".to_vec(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        !t.has_write(b"y", 11),
+        "UnsafeDestroyRange reached the store"
+    );
+    t.stop().await;
+}

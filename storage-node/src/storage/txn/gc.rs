@@ -95,7 +95,11 @@ impl<E: Engine> Storage<E> {
         let api = api_version(&ctx)?;
         check_bound(api, &req.start_key, false)?;
         check_bound(api, &req.end_key, false)?;
-        self.delete_txn_range(&engine_context(Some(&ctx)), &req.start_key, &req.end_key)
+        let store_wide = EngineContext {
+            store_wide: true,
+            ..EngineContext::default()
+        };
+        self.delete_txn_range(&store_wide, &req.start_key, &req.end_key)
             .await?;
         Ok(kvrpcpb::UnsafeDestroyRangeResponse::default())
     }
