@@ -27,6 +27,7 @@ SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1
 API_PORT=6443
 ETCD_PORT=2379
+CNI_BIN=${SHALE_K8S_CNI_BIN:-/usr/lib/cni}
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf '\033[31mcluster.sh: %s\033[0m\n' "$*" >&2; exit 1; }
@@ -34,25 +35,38 @@ die() { printf '\033[31mcluster.sh: %s\033[0m\n' "$*" >&2; exit 1; }
 
 bin_dir() {
   local key
-  key=$(cat cluster/go.mod cluster/go.sum cluster/cmd/*/main.go | sha256sum | cut -c1-12)
+  key=$({ cat cluster/go.mod cluster/go.sum cluster/cmd/*/main.go \
+    tools/go.mod tools/go.sum tools/cmd/*/main.go; sed -n '/^build()/,/^}/p' cluster.sh; } |
+    sha256sum | cut -c1-12)
   echo "$CACHE/$VERSION-$key/bin"
 }
 
 build() {
   local bin
   bin=$(bin_dir)
-  if [ -x "$bin/pause" ] && [ -x "$bin/kube-apiserver" ]; then
+  if [ -x "$bin/pause" ] && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/helm" ]; then
     say "Kubernetes $VERSION components already built in $bin"
     return
   fi
   command -v go >/dev/null || die "Go is required to build the Kubernetes components"
   say "Building Kubernetes $VERSION components into $bin (from their Go modules; the first build takes a while)"
   mkdir -p "$bin.partial"
-  (cd cluster && GOMODCACHE="$CACHE/gomod" CGO_ENABLED=0 go build -trimpath -ldflags=-s \
+  # The version a release build stamps in: clients check it (Helm against
+  # a chart's kubeVersion, kubectl for skew).
+  local minor=${VERSION#v1.}
+  minor=${minor%%.*}
+  local v ldflags="-s"
+  for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $v.gitVersion=$VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor"
+    ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd cluster && GOMODCACHE="$CACHE/gomod" CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" \
     -o "$bin.partial/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
     k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl ./cmd/etcd ./cmd/pause)
+  (cd tools && GOMODCACHE="$CACHE/gomod" CGO_ENABLED=0 go build -trimpath -ldflags=-s \
+    -o "$bin.partial/" helm.sh/helm/v4/cmd/helm ./cmd/coredns)
   rm -rf "$bin"
   mv "$bin.partial" "$bin"
 }
@@ -152,7 +166,7 @@ network() {
   if ! ip link show cni0 >/dev/null 2>&1; then
     ip link add cni0 type bridge
   fi
-  ip addr show cni0 | grep -q "$NODE_IP/" || ip addr add "$NODE_IP/24" dev cni0
+  ip addr show cni0 | grep "$NODE_IP/" >/dev/null || ip addr add "$NODE_IP/24" dev cni0
   ip link set cni0 up
 }
 
@@ -209,6 +223,236 @@ control_plane() {
     "$bin/kubectl" --kubeconfig "$STATE/admin.kubeconfig" get serviceaccount default
 }
 
+# --- the node ------------------------------------------------------------------
+
+NODE_NAME=shale-node
+POD_SUBNET=10.244.0.0/24
+CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
+PAUSE_IMAGE=shale.local/pause:test
+# Static local volumes the PVCs bind to (no provisioner runs here).
+VOLUMES=${SHALE_K8S_VOLUMES:-12}
+
+node_pki() {
+  cert kubelet "system:node:$NODE_NAME" system:nodes "IP:$NODE_IP,DNS:$NODE_NAME"
+  cert kube-proxy system:kube-proxy ""
+  kubeconfig kubelet "system:node:$NODE_NAME"
+  kubeconfig kube-proxy system:kube-proxy
+}
+
+# The kubelet wants every cgroup v1 controller the kernel has mounted; this
+# VM leaves a few unmounted.
+cgroups() {
+  local c
+  for c in hugetlb net_cls,net_prio perf_event; do
+    local dir="/sys/fs/cgroup/$c"
+    mountpoint -q "$dir" 2>/dev/null && continue
+    grep -q "^${c%%,*}[[:space:]].*1$" /proc/cgroups || continue
+    mkdir -p "$dir"
+    mount -t cgroup -o "$c" cgroup "$dir"
+  done
+}
+
+node_network() {
+  modprobe br_netfilter 2>/dev/null || true
+  sysctl -qw net.ipv4.ip_forward=1
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
+  mkdir -p "$STATE/cni"
+  cat >"$STATE/cni/10-shale.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "shale",
+  "plugins": [
+    {
+      "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+      "ipam": {
+        "type": "host-local", "dataDir": "$STATE/cni-ipam",
+        "ranges": [[{"subnet": "$POD_SUBNET", "rangeStart": "10.244.0.10", "rangeEnd": "10.244.0.250", "gateway": "$NODE_IP"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+EOF
+}
+
+containerd_up() {
+  mkdir -p "$STATE/containerd"
+  cat >"$STATE/containerd/config.toml" <<EOF
+version = 2
+root = "$STATE/containerd/root"
+state = "$STATE/containerd/state"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  # Without CAP_SYS_RESOURCE (as in this VM) no process may lower its OOM
+  # score: keep the kubelet's scores at or above containerd's own.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$CNI_BIN"
+    conf_dir = "$STATE/cni"
+EOF
+  say "Starting containerd"
+  start containerd containerd --config "$STATE/containerd/config.toml"
+  wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version
+}
+
+# import_image TAR: loads an OCI archive into the namespace the kubelet uses.
+import_image() {
+  ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$1" >/dev/null
+}
+
+images() {
+  local bin=$1
+  say "Importing the pause image"
+  local tar="$STATE/pause.tar"
+  python3 "$HERE/image.py" --name "$PAUSE_IMAGE" --out "$tar" --user 65535:65535 \
+    --entrypoint /usr/local/bin/pause -- "$bin/pause"
+  import_image "$tar"
+}
+
+dns_up() {
+  local bin=$1
+  cat >"$STATE/Corefile" <<EOF
+cluster.local:53 in-addr.arpa:53 {
+  bind $NODE_IP
+  errors
+  ready $NODE_IP:8181
+  kubernetes cluster.local in-addr.arpa {
+    kubeconfig $STATE/admin.kubeconfig shale
+    pods insecure
+  }
+}
+.:53 {
+  bind $NODE_IP
+  errors
+}
+EOF
+  echo "nameserver $NODE_IP" >"$STATE/resolv.conf"
+  say "Starting CoreDNS on $NODE_IP:53 (cluster.local from the API server)"
+  start coredns "$bin/coredns" -conf "$STATE/Corefile"
+  wait_for CoreDNS 30 curl -sf "http://$NODE_IP:8181/ready"
+}
+
+kubelet_up() {
+  local bin=$1
+  mkdir -p "$STATE/kubelet"
+  cat >"$STATE/kubelet/config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $STATE/pki/ca.crt}
+authorization: {mode: Webhook}
+# This machine has cgroup v1 and no systemd: cgroupfs, and v1 allowed.
+cgroupDriver: cgroupfs
+failCgroupV1: false
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+clusterDomain: cluster.local
+clusterDNS: [$NODE_IP]
+resolvConf: $STATE/resolv.conf
+failSwapOn: false
+# The kubelet's own OOM score: 0, as it cannot lower it without
+# CAP_SYS_RESOURCE.
+oomScoreAdj: 0
+tlsCertFile: $STATE/pki/kubelet.crt
+tlsPrivateKeyFile: $STATE/pki/kubelet.key
+podCIDR: $POD_SUBNET
+maxPods: 60
+serializeImagePulls: false
+# A test machine's disk is shared with builds: evict only when nearly full.
+evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%}
+imageGCHighThresholdPercent: 99
+imageGCLowThresholdPercent: 98
+EOF
+  say "Starting the kubelet (node $NODE_NAME)"
+  start kubelet "$bin/kubelet" --config "$STATE/kubelet/config.yaml" \
+    --kubeconfig "$STATE/kubelet.kubeconfig" --hostname-override "$NODE_NAME" \
+    --node-ip "$NODE_IP" --root-dir "$STATE/kubelet/root" --cert-dir "$STATE/kubelet/pki"
+  wait_for "node $NODE_NAME Ready" 120 sh -c \
+    "'$bin/kubectl' --kubeconfig '$STATE/admin.kubeconfig' get node $NODE_NAME -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep True >/dev/null"
+}
+
+kube_proxy_up() {
+  local bin=$1
+  cat >"$STATE/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $STATE/kube-proxy.kubeconfig}
+mode: iptables
+clusterCIDR: $POD_SUBNET
+hostnameOverride: $NODE_NAME
+# Leave the host's conntrack table size alone.
+conntrack: {maxPerCore: 0}
+EOF
+  say "Starting kube-proxy (iptables)"
+  start kube-proxy "$bin/kube-proxy" --config "$STATE/kube-proxy.yaml"
+}
+
+# Static local PersistentVolumes on this node, in a default StorageClass.
+volumes() {
+  local bin=$1 i
+  local kubectl=("$bin/kubectl" --kubeconfig "$STATE/admin.kubeconfig")
+  {
+    cat <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+EOF
+    for ((i = 0; i < VOLUMES; i++)); do
+      mkdir -p "$STATE/volumes/pv-$i"
+      chmod 0777 "$STATE/volumes/pv-$i"
+      cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: local-pv-$i}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: local
+  local: {path: $STATE/volumes/pv-$i}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [$NODE_NAME]}
+EOF
+    done
+  } | "${kubectl[@]}" apply -f - >/dev/null
+}
+
+node_up() {
+  local bin=$1 tool
+  for tool in containerd runc ctr; do
+    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install containerd runc)"
+  done
+  [ -x "$CNI_BIN/bridge" ] || die "CNI plugins are missing in $CNI_BIN (apt-get install containernetworking-plugins)"
+  node_pki
+  cgroups
+  node_network
+  containerd_up
+  images "$bin"
+  dns_up "$bin"
+  kube_proxy_up "$bin"
+  kubelet_up "$bin"
+  volumes "$bin"
+}
+
 up() {
   [ "$(id -u)" = 0 ] || die "up needs root (it creates a network bridge)"
   build
@@ -218,7 +462,10 @@ up() {
   pki
   network
   control_plane "$bin"
-  say "Control plane ready: export KUBECONFIG=$STATE/admin.kubeconfig (or: eval \"\$($0 env)\")"
+  if [ "${SHALE_K8S_NODE:-1}" = 1 ]; then
+    node_up "$bin"
+  fi
+  say "Cluster ready: export KUBECONFIG=$STATE/admin.kubeconfig (or: eval \"\$($0 env)\")"
 }
 
 down() {
@@ -235,12 +482,22 @@ down() {
       rm -f "$pidfile"
     done
   fi
+  # Pods outlive the kubelet and containerd: their shims name our socket.
+  pkill -9 -f "containerd-shim.*$STATE" 2>/dev/null || true
+  # Pod volumes (tmpfs, bind mounts) and container root filesystems.
+  grep -o " $STATE[^ ]*" /proc/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+  local bin
+  bin=$(bin_dir)
+  [ -x "$bin/kube-proxy" ] && "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
   ip link del cni0 2>/dev/null || true
   rm -rf "$STATE"
 }
 
 status() {
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler \
+    containerd coredns kube-proxy kubelet; do
     if [ -f "$STATE/run/$c.pid" ] && kill -0 "$(cat "$STATE/run/$c.pid")" 2>/dev/null; then
       echo "$c: running (pid $(cat "$STATE/run/$c.pid"))"
     else
@@ -258,5 +515,6 @@ case "${1:-}" in
     echo "export KUBECONFIG=$STATE/admin.kubeconfig"
     echo "export PATH=$(bin_dir):\$PATH"
     ;;
+  containerd-socket) echo "$CONTAINERD_SOCK" ;;
   *) sed -n '2,16p' "$0"; exit 2 ;;
 esac

@@ -27,7 +27,8 @@ venv="${SHALE_CHART_VENV:-$HOME/.cache/shale-chart-venv}"
 [ -x "$venv/bin/python" ] || scripts/check-chart.sh >/dev/null
 [ -x "$CARGO_TARGET_DIR/debug/operator" ] || cargo build --workspace --bins
 
-e2e/k8s/cluster.sh up
+# The control plane alone: nothing here needs pods to run.
+SHALE_K8S_NODE=0 e2e/k8s/cluster.sh up
 eval "$(e2e/k8s/cluster.sh env)"
 WORK=$(mktemp -d)
 operators=()
@@ -107,9 +108,9 @@ current-context: shale
 EOF
 # The chart's permissions are what the operator gets: check a few.
 as_operator() { kubectl --kubeconfig "$WORK/operator.kubeconfig" "$@"; }
-as_operator auth can-i create statefulsets -n shale-db | grep -qx yes ||
+as_operator auth can-i create statefulsets -n shale-db | grep -x yes >/dev/null ||
   fail "the chart's ServiceAccount cannot create StatefulSets"
-if as_operator auth can-i create secrets -n kube-system | grep -qx yes; then
+if as_operator auth can-i create secrets -n kube-system | grep -x yes >/dev/null; then
   fail "the chart's ServiceAccount may create Secrets in kube-system"
 fi
 
@@ -144,7 +145,7 @@ owner=$(kubectl -n shale-db get statefulset basic-placement -o jsonpath='{.metad
 until_ok 60 "the StatefulSet controller created no pod basic-placement-0" \
   kubectl -n shale-db get pod basic-placement-0
 until_ok 60 "no claim for basic-placement-0" \
-  sh -c "kubectl -n shale-db get pvc -o name | grep -q placement-0"
+  sh -c "kubectl -n shale-db get pvc -o name | grep placement-0 >/dev/null"
 until_ok 60 "the operator wrote no status" \
   test -n "$(kubectl -n shale-db get tikvcluster basic -o jsonpath='{.status.phase}')"
 echo "  phase: $(kubectl -n shale-db get tikvcluster basic -o jsonpath='{.status.phase}')"

@@ -7,9 +7,12 @@
 #   e2e/k8s/run.sh                  # creates a kind cluster "shale-e2e"
 #   E2E_CLUSTER=k3d e2e/k8s/run.sh  # uses k3d instead
 #   E2E_CLUSTER=existing e2e/k8s/run.sh   # the current kubectl context
+#   sudo E2E_CLUSTER=local e2e/k8s/run.sh # e2e/k8s/cluster.sh's one-node cluster
 #   KEEP=1 e2e/k8s/run.sh           # leave everything running afterwards
 #
-# Needs docker, kubectl, helm and kind (or k3d). See e2e/k8s/README.md.
+# Needs docker, kubectl, helm and kind (or k3d); the local cluster needs
+# none of them (it builds kubectl and helm from their Go modules, and the
+# image from the workspace's binaries). See e2e/k8s/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -26,7 +29,13 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf '\033[31mFAIL: %s\033[0m\n' "$*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is required"; }
 
-for tool in docker kubectl helm; do need "$tool"; done
+if [ "$CLUSTER_KIND" = local ]; then
+  [ "$(id -u)" = 0 ] || die "E2E_CLUSTER=local needs root (it runs a kubelet)"
+  # kubectl and helm come with the local cluster's components.
+  e2e/k8s/cluster.sh build
+  eval "$(e2e/k8s/cluster.sh env)"
+fi
+for tool in kubectl helm; do need "$tool"; done
 
 created_cluster=0
 cleanup() {
@@ -46,6 +55,7 @@ cleanup() {
       case "$CLUSTER_KIND" in
         kind) kind delete cluster --name "$NAME" || true ;;
         k3d) k3d cluster delete "$NAME" || true ;;
+        local) e2e/k8s/cluster.sh down || true ;;
       esac
     fi
   fi
@@ -57,7 +67,7 @@ say "Preparing a $CLUSTER_KIND cluster"
 case "$CLUSTER_KIND" in
   kind)
     need kind
-    if ! kind get clusters | grep -qx "$NAME"; then
+    if ! kind get clusters | grep -x "$NAME" >/dev/null; then
       kind create cluster --name "$NAME" --wait 120s
       created_cluster=1
     fi
@@ -71,17 +81,39 @@ case "$CLUSTER_KIND" in
     fi
     kubectl config use-context "k3d-$NAME"
     ;;
+  local)
+    if ! kubectl get --raw /readyz >/dev/null 2>&1; then
+      e2e/k8s/cluster.sh up
+      created_cluster=1
+    fi
+    ;;
   existing) ;;
-  *) die "E2E_CLUSTER must be kind, k3d or existing" ;;
+  *) die "E2E_CLUSTER must be kind, k3d, local or existing" ;;
 esac
 
-say "Building $IMAGE:$TAG_A (and tagging it $TAG_B for the upgrade)"
-docker build -t "$IMAGE:$TAG_A" .
-docker tag "$IMAGE:$TAG_A" "$IMAGE:$TAG_B"
+if [ "$CLUSTER_KIND" = local ]; then
+  say "Building $IMAGE:$TAG_A from the workspace's binaries (and tagging it $TAG_B for the upgrade)"
+  . scripts/setup.sh
+  cargo build --workspace --bins
+  target="${CARGO_TARGET_DIR:-target}/debug"
+  tar="$(mktemp -d)/shale.tar"
+  python3 e2e/k8s/image.py --name "docker.io/library/$IMAGE:$TAG_A" --out "$tar" -- \
+    "$target/placement" "$target/storage-node" "$target/operator" "$target/shale"
+  ctr="ctr --address $(e2e/k8s/cluster.sh containerd-socket) -n k8s.io"
+  $ctr images import "$tar" >/dev/null
+  $ctr images tag --force "docker.io/library/$IMAGE:$TAG_A" "docker.io/library/$IMAGE:$TAG_B" >/dev/null
+  rm -f "$tar"
+else
+  need docker
+  say "Building $IMAGE:$TAG_A (and tagging it $TAG_B for the upgrade)"
+  docker build -t "$IMAGE:$TAG_A" .
+  docker tag "$IMAGE:$TAG_A" "$IMAGE:$TAG_B"
+fi
 case "$CLUSTER_KIND" in
   kind) kind load docker-image "$IMAGE:$TAG_A" "$IMAGE:$TAG_B" --name "$NAME" ;;
   k3d) k3d image import "$IMAGE:$TAG_A" "$IMAGE:$TAG_B" --cluster "$NAME" ;;
   existing) say "Existing cluster: make sure it can pull $IMAGE:$TAG_A and $IMAGE:$TAG_B" ;;
+  local) ;;
 esac
 
 say "Installing the operator chart"
@@ -91,7 +123,7 @@ helm upgrade --install shale-operator charts/shale-operator \
   --set evictLeaderTimeoutSeconds=60 \
   --wait --timeout "$TIMEOUT"
 kubectl -n "$OPERATOR_NS" get lease shale-operator -o jsonpath='{.spec.holderIdentity}' \
-  | grep -q . || die "no operator replica holds the leader lease"
+  | grep . >/dev/null || die "no operator replica holds the leader lease"
 
 say "Creating TiKVCluster basic (version $TAG_A) in namespace $NS"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
@@ -138,8 +170,8 @@ kubectl -n "$NS" patch tikvcluster basic --type merge -p '{"spec":{"storage":{"r
 wait_field '{.status.storage.replicas}' 3
 wait_ready
 kubectl -n "$NS" get events --field-selector involvedObject.name=basic -o custom-columns=REASON:.reason \
-  | grep -q RemovingStore || die "no RemovingStore event"
-shale_cmd stores | grep -q Tombstone || die "the removed store is not Tombstone"
+  | grep RemovingStore >/dev/null || die "no RemovingStore event"
+shale_cmd stores | grep Tombstone >/dev/null || die "the removed store is not Tombstone"
 expect_value e2e-key hello
 expect_value k20 v20
 
@@ -151,7 +183,7 @@ images="$(kubectl -n "$NS" get pods -l app.kubernetes.io/instance=basic \
   -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort -u)"
 [ "$images" = "$IMAGE:$TAG_B" ] || die "pods still run other images: $images"
 kubectl -n "$NS" get events --field-selector involvedObject.name=basic -o custom-columns=REASON:.reason \
-  | grep -q EvictingLeaders || die "no EvictingLeaders event"
+  | grep EvictingLeaders >/dev/null || die "no EvictingLeaders event"
 expect_value e2e-key hello
 expect_value k1 v1
 
