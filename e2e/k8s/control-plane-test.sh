@@ -130,7 +130,9 @@ lease_holder() {
 say "Two operators as the chart's ServiceAccount: one leader through the Lease"
 start_operator operator-a 18080
 start_operator operator-b 18081
-until_ok 60 "no operator took the Lease" test -n "$(lease_holder)"
+# A function, so the holder is read again on every try.
+lease_held() { test -n "$(lease_holder)"; }
+until_ok 60 "no operator took the Lease" lease_held
 leader=$(lease_holder)
 echo "  Lease held by $leader"
 
@@ -146,8 +148,8 @@ until_ok 60 "the StatefulSet controller created no pod basic-placement-0" \
   kubectl -n shale-db get pod basic-placement-0
 until_ok 60 "no claim for basic-placement-0" \
   sh -c "kubectl -n shale-db get pvc -o name | grep placement-0 >/dev/null"
-until_ok 60 "the operator wrote no status" \
-  test -n "$(kubectl -n shale-db get tikvcluster basic -o jsonpath='{.status.phase}')"
+has_status() { test -n "$(kubectl -n shale-db get tikvcluster basic -o jsonpath='{.status.phase}')"; }
+until_ok 60 "the operator wrote no status" has_status
 echo "  phase: $(kubectl -n shale-db get tikvcluster basic -o jsonpath='{.status.phase}')"
 
 say "The CRD's validation rules refuse bad edits with their messages"
