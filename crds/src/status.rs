@@ -63,6 +63,9 @@ pub struct ComponentStatus {
 #[derive(JsonSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreStatus {
+    // The schema says int64 (Kubernetes knows no uint64 format; it warns on
+    // every apply): ids and counts stay far below i64::MAX.
+    #[schemars(with = "i64")]
     pub id: u64,
     /// The pod serving this store, when its address names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,7 +73,9 @@ pub struct StoreStatus {
     pub address: String,
     /// `Up`, `Offline`, `Tombstone`, `Disconnected` or `Down`.
     pub state: String,
+    #[schemars(with = "i64")]
     pub leader_count: u64,
+    #[schemars(with = "i64")]
     pub region_count: u64,
 }
 
@@ -80,6 +85,7 @@ pub struct StoreStatus {
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeProgress {
     pub ordinal: i32,
+    #[schemars(with = "i64")]
     pub store_id: u64,
     /// When leader eviction began; after the operator's timeout the pod
     /// restarts even if leaders remain.

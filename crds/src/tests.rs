@@ -186,3 +186,33 @@ fn cel_rule_keeps_volumes_fixed() {
         );
     }
 }
+
+/// Every `format` in the schema, with the path to it.
+fn formats(value: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("format", Value::String(f)) => out.push((path.to_string(), f.clone())),
+                    _ => formats(v, &format!("{path}.{k}"), out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| formats(v, path, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_schema_uses_only_formats_kubernetes_knows() {
+    // The API server warns on any other format on every apply of the CRD.
+    const KNOWN: &[&str] = &["int32", "int64", "float", "double", "byte", "date", "date-time"];
+    let mut found = Vec::new();
+    formats(&schema(), "", &mut found);
+    let unknown: Vec<_> = found
+        .iter()
+        .filter(|(_, f)| !KNOWN.contains(&f.as_str()))
+        .collect();
+    assert!(unknown.is_empty(), "formats Kubernetes does not know: {unknown:?}");
+    assert!(found.iter().any(|(_, f)| f == "int64"), "{found:?}");
+}
