@@ -135,6 +135,15 @@ pki() {
 
 # --- processes -----------------------------------------------------------------
 
+# write_config PATH: stdin to PATH, only if it differs. A second `up` must
+# not touch the files of running components: kube-proxy exits when its
+# configuration file changes.
+write_config() {
+  local tmp="$1.new"
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
 # start NAME CMD...: runs CMD in the background, logging to logs/NAME.log.
 start() {
   local name=$1
@@ -191,6 +200,7 @@ control_plane() {
     --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
     --kubelet-client-certificate "$STATE/pki/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$STATE/pki/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --service-account-key-file "$STATE/pki/sa.pub" \
     --service-account-signing-key-file "$STATE/pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
@@ -230,7 +240,7 @@ POD_SUBNET=10.244.0.0/24
 CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
 PAUSE_IMAGE=shale.local/pause:test
 # Static local volumes the PVCs bind to (no provisioner runs here).
-VOLUMES=${SHALE_K8S_VOLUMES:-12}
+VOLUMES=${SHALE_K8S_VOLUMES:-24}
 
 node_pki() {
   cert kubelet "system:node:$NODE_NAME" system:nodes "IP:$NODE_IP,DNS:$NODE_NAME"
@@ -257,7 +267,7 @@ node_network() {
   sysctl -qw net.ipv4.ip_forward=1
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
   mkdir -p "$STATE/cni"
-  cat >"$STATE/cni/10-shale.conflist" <<EOF
+  write_config "$STATE/cni/10-shale.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "shale",
@@ -278,7 +288,7 @@ EOF
 
 containerd_up() {
   mkdir -p "$STATE/containerd"
-  cat >"$STATE/containerd/config.toml" <<EOF
+  write_config "$STATE/containerd/config.toml" <<EOF
 version = 2
 root = "$STATE/containerd/root"
 state = "$STATE/containerd/state"
@@ -321,7 +331,7 @@ images() {
 
 dns_up() {
   local bin=$1
-  cat >"$STATE/Corefile" <<EOF
+  write_config "$STATE/Corefile" <<EOF
 cluster.local:53 in-addr.arpa:53 {
   bind $NODE_IP
   errors
@@ -336,7 +346,7 @@ cluster.local:53 in-addr.arpa:53 {
   errors
 }
 EOF
-  echo "nameserver $NODE_IP" >"$STATE/resolv.conf"
+  echo "nameserver $NODE_IP" | write_config "$STATE/resolv.conf"
   say "Starting CoreDNS on $NODE_IP:53 (cluster.local from the API server)"
   start coredns "$bin/coredns" -conf "$STATE/Corefile"
   wait_for CoreDNS 30 curl -sf "http://$NODE_IP:8181/ready"
@@ -345,7 +355,7 @@ EOF
 kubelet_up() {
   local bin=$1
   mkdir -p "$STATE/kubelet"
-  cat >"$STATE/kubelet/config.yaml" <<EOF
+  write_config "$STATE/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 authentication:
@@ -384,7 +394,7 @@ EOF
 
 kube_proxy_up() {
   local bin=$1
-  cat >"$STATE/kube-proxy.yaml" <<EOF
+  write_config "$STATE/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $STATE/kube-proxy.kubeconfig}

@@ -136,11 +136,21 @@ wait_ready() {
 wait_field() { # jsonpath expected
   kubectl -n "$NS" wait tikvcluster/basic --for=jsonpath="$1"="$2" --timeout="$TIMEOUT"
 }
-shale_cmd() { # runs `shale ...` in a one-off pod inside the cluster
-  local pod="shale-client-$RANDOM"
-  kubectl -n "$NS" run "$pod" --rm -i --restart=Never --quiet \
+shale_cmd() { # runs `shale ...` in a one-off pod inside the cluster; prints its output
+  # Not `run -i`: attaching to a command that ends at once races with its
+  # end (kubectl then falls back to the log and may print it twice).
+  local pod="shale-client-$RANDOM" phase="" i
+  kubectl -n "$NS" run "$pod" --restart=Never --quiet \
     --image="$IMAGE:$TAG_A" --image-pull-policy=Never \
-    --command -- shale "$@" --pd "basic-placement.$NS.svc:2379"
+    --command -- shale "$@" --pd "basic-placement.$NS.svc:2379" >/dev/null
+  for i in $(seq 1 120); do
+    phase="$(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.status.phase}')"
+    case "$phase" in Succeeded | Failed) break ;; esac
+    sleep 1
+  done
+  kubectl -n "$NS" logs "$pod"
+  kubectl -n "$NS" delete pod "$pod" --wait=false >/dev/null
+  [ "$phase" = Succeeded ]
 }
 expect_value() { # key value
   local got
@@ -153,7 +163,8 @@ wait_field '{.status.phase}' Running
 kubectl -n "$NS" get tikvcluster basic
 
 say "Writing and reading through tikv-client"
-[ "$(shale_cmd raw put e2e-key hello | tr -d '\r')" = "OK" ] || die "raw put failed"
+put_out="$(shale_cmd raw put e2e-key hello 2>&1 | tr -d '\r')" || true
+[ "$put_out" = "OK" ] || die "raw put failed: $put_out"
 expect_value e2e-key hello
 for i in $(seq 1 20); do shale_cmd raw put "k$i" "v$i" >/dev/null; done
 
