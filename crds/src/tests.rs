@@ -206,13 +206,24 @@ fn formats(value: &Value, path: &str, out: &mut Vec<(String, String)>) {
 #[test]
 fn the_schema_uses_only_formats_kubernetes_knows() {
     // The API server warns on any other format on every apply of the CRD.
-    const KNOWN: &[&str] = &["int32", "int64", "float", "double", "byte", "date", "date-time"];
+    const KNOWN: &[&str] = &[
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "date",
+        "date-time",
+    ];
     let mut found = Vec::new();
     formats(&schema(), "", &mut found);
     let unknown: Vec<_> = found
         .iter()
         .filter(|(_, f)| !KNOWN.contains(&f.as_str()))
         .collect();
-    assert!(unknown.is_empty(), "formats Kubernetes does not know: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "formats Kubernetes does not know: {unknown:?}"
+    );
     assert!(found.iter().any(|(_, f)| f == "int64"), "{found:?}");
 }

@@ -219,6 +219,7 @@ pub fn settled_sts(replicas: i32, revision: &str) -> StsView {
         updated_replicas: replicas,
         current_revision: Some(revision.into()),
         update_revision: Some(revision.into()),
+        version: Some("v1".into()),
     }
 }
 
@@ -293,6 +294,7 @@ impl Sim {
                 updated_replicas: updated,
                 current_revision: Some(format!("rev-{}", self.current)),
                 update_revision: Some(format!("rev-{}", self.template)),
+                version: Some("v1".into()),
             }),
             storage_pods: self
                 .pods

@@ -23,6 +23,16 @@ pub struct StsView {
     pub updated_replicas: i32,
     pub current_revision: Option<String>,
     pub update_revision: Option<String>,
+    /// The version its pod template runs: the tag of its image.
+    pub version: Option<String>,
+}
+
+/// The tag of an image reference (`repo:tag`), if it has one.
+fn image_tag(image: &str) -> Option<&str> {
+    image
+        .rsplit_once(':')
+        .map(|(_, tag)| tag)
+        .filter(|tag| !tag.contains('/'))
 }
 
 impl StsView {
@@ -42,6 +52,14 @@ impl StsView {
             updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
             current_revision: status.and_then(|s| s.current_revision.clone()),
             update_revision: status.and_then(|s| s.update_revision.clone()),
+            version: spec
+                .template
+                .spec
+                .as_ref()
+                .and_then(|p| p.containers.first())
+                .and_then(|c| c.image.as_deref())
+                .and_then(image_tag)
+                .map(str::to_string),
         }
     }
 
@@ -206,6 +224,7 @@ mod tests {
             updated_replicas: 3,
             current_revision: Some("a".into()),
             update_revision: Some("a".into()),
+            version: Some("v1".into()),
         };
         assert!(view.rolled_out());
         view.update_revision = Some("b".into());
@@ -213,5 +232,13 @@ mod tests {
         view.update_revision = Some("a".into());
         view.fresh = false;
         assert!(!view.rolled_out());
+    }
+
+    #[test]
+    fn the_version_is_the_tag_of_the_template_image() {
+        assert_eq!(image_tag("shale:e2e-b"), Some("e2e-b"));
+        assert_eq!(image_tag("registry:5000/shale:0.1.0"), Some("0.1.0"));
+        assert_eq!(image_tag("registry:5000/shale"), None);
+        assert_eq!(image_tag("shale"), None);
     }
 }

@@ -154,7 +154,14 @@ pub fn build(input: &StatusInput<'_>) -> TiKVClusterStatus {
             input, &previous, DEGRADED, degraded.0, degraded.1, degraded.2,
         ),
     ];
-    let rolled_out = |sts: &Option<StsView>| sts.as_ref().is_some_and(StsView::rolled_out);
+    // Rolled out at the version asked for: the observation may predate this
+    // reconcile's own change to the pod template, and then it still shows
+    // the old version rolled out.
+    let rolled_out = |sts: &Option<StsView>| {
+        sts.as_ref().is_some_and(|s| {
+            s.rolled_out() && s.version.as_deref() == Some(input.spec.version.as_str())
+        })
+    };
     let upgrade_idle = match input.outcome {
         Outcome::Reconciled { plan, .. } => {
             matches!(plan.upgrade, Some(UpgradeStep::Idle)) && plan.progress.is_none()

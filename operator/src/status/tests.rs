@@ -37,7 +37,27 @@ fn status_of(
     previous: Option<&TiKVClusterStatus>,
     now: Timestamp,
 ) -> TiKVClusterStatus {
-    let spec = spec(3, desired);
+    status_of_spec(spec(3, desired), observed, previous, now)
+}
+
+/// The status of a settled 3-store cluster whose spec asks for `version`.
+fn status_with_version(
+    version: &str,
+    observed: &Observed,
+    previous: Option<&TiKVClusterStatus>,
+) -> TiKVClusterStatus {
+    let mut spec = spec(3, 3);
+    spec.version = version.into();
+    status_of_spec(spec, observed, previous, Timestamp::UNIX_EPOCH)
+}
+
+fn status_of_spec(
+    spec: TiKVClusterSpec,
+    observed: &Observed,
+    previous: Option<&TiKVClusterStatus>,
+    now: Timestamp,
+) -> TiKVClusterStatus {
+    let desired = spec.storage.replicas;
     let plan = rollout::plan(&RolloutInput {
         desired_storage: desired,
         observed,
@@ -172,4 +192,25 @@ fn unreachable_placement_after_creation_is_degraded() {
     let s = status_of(3, &obs, Some(&previous), Timestamp::UNIX_EPOCH);
     assert_eq!(cond(&s, DEGRADED).reason, "PlacementUnreachable");
     assert_eq!(cond(&s, READY).status, "False");
+}
+
+#[test]
+fn the_version_follows_only_once_the_pods_run_it() {
+    // The reconcile that applies v2's pod template still observes v1's
+    // StatefulSets, rolled out: the status must not say v2 yet (seen on a
+    // real cluster, where the status read upgraded before any pod restarted).
+    let obs = observed(3, up_stores(3));
+    let previous = TiKVClusterStatus {
+        phase: Some(Phase::Running),
+        version: Some("v1".into()),
+        ..TiKVClusterStatus::default()
+    };
+    let mut upgraded = obs.clone();
+    for sts in [&mut upgraded.placement, &mut upgraded.storage] {
+        sts.as_mut().unwrap().version = Some("v2".into());
+    }
+    let s = status_with_version("v2", &obs, Some(&previous));
+    assert_eq!(s.version.as_deref(), Some("v1"));
+    let s = status_with_version("v2", &upgraded, Some(&previous));
+    assert_eq!(s.version.as_deref(), Some("v2"));
 }
