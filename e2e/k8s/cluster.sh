@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # A one-node Kubernetes cluster on this machine, built from the components'
-# Go modules (e2e/k8s/cluster/go.mod): etcd, kube-apiserver (RBAC and Node
-# authorization, admission on), kube-controller-manager, kube-scheduler.
+# Go modules (e2e/k8s/cluster/go.mod, e2e/k8s/tools/go.mod): etcd,
+# kube-apiserver (RBAC and Node authorization, admission on),
+# kube-controller-manager, kube-scheduler, and a node: kubelet with
+# Debian's containerd, the CNI bridge, kube-proxy, CoreDNS and static local
+# volumes. kubectl and helm come with it.
 #
 #   e2e/k8s/cluster.sh build    # build the components (cached by version)
-#   e2e/k8s/cluster.sh up       # start the control plane, wait until ready
-#   e2e/k8s/cluster.sh env      # print `export KUBECONFIG=...`
+#   e2e/k8s/cluster.sh up       # start everything, wait until the node is Ready
+#   e2e/k8s/cluster.sh env      # print `export KUBECONFIG=...` and PATH
 #   e2e/k8s/cluster.sh status   # which processes run
-#   e2e/k8s/cluster.sh down     # stop everything and delete the state
+#   e2e/k8s/cluster.sh down     # stop everything (pods too) and delete the state
 #
-# Components are cached under ~/.cache/shale-k8s/<version>-<hash of the
-# module files>/bin, so a warm `up` builds nothing. The cluster's state
-# (certificates, etcd data, logs) lives in $SHALE_K8S_STATE (default
-# ~/.cache/shale-k8s/state). See e2e/k8s/README.md.
+# SHALE_K8S_NODE=0 starts the control plane alone; SHALE_K8S_VOLUMES sets
+# how many local volumes there are (24). Components are cached under
+# ~/.cache/shale-k8s/<version>-<hash of the module files and build
+# step>/bin, so a warm `up` builds nothing. The cluster's state
+# (certificates, etcd data, logs, containerd) lives in $SHALE_K8S_STATE
+# (default ~/.cache/shale-k8s/state). See e2e/k8s/README.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 HERE="$PWD"
