@@ -77,8 +77,11 @@ def layer(binaries, extra_files):
                     dirs.add(d)
                     add_dir(tar, d)
 
-        for d in ["etc", "tmp", "usr/local/bin", "var/lib"]:
+        for d in ["etc", "usr/local/bin", "var/lib"]:
             parents(d + "/x")
+        # Writable by every user, sticky, as a process expects of /tmp.
+        dirs.add("tmp")
+        add_dir(tar, "tmp", 0o1777)
         add_dir(tar, "var/lib/shale", 0o755, UID)
         add_bytes(
             tar,

@@ -96,13 +96,14 @@ if [ "$CLUSTER_KIND" = local ]; then
   . scripts/setup.sh
   cargo build --workspace --bins
   target="${CARGO_TARGET_DIR:-target}/debug"
-  tar="$(mktemp -d)/shale.tar"
+  image_dir="$(mktemp -d)"
+  tar="$image_dir/shale.tar"
   python3 e2e/k8s/image.py --name "docker.io/library/$IMAGE:$TAG_A" --out "$tar" -- \
     "$target/placement" "$target/storage-node" "$target/operator" "$target/shale"
   ctr="ctr --address $(e2e/k8s/cluster.sh containerd-socket) -n k8s.io"
   $ctr images import "$tar" >/dev/null
   $ctr images tag --force "docker.io/library/$IMAGE:$TAG_A" "docker.io/library/$IMAGE:$TAG_B" >/dev/null
-  rm -f "$tar"
+  rm -rf "$image_dir"
 else
   need docker
   say "Building $IMAGE:$TAG_A (and tagging it $TAG_B for the upgrade)"
